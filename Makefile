@@ -1,0 +1,41 @@
+# One-shot classification with generative augmentation. `make repro` runs the pipeline, `make test` the tests.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+# A relative OMNIGLOT_DIR would break in DVC's temporary experiment copies: make it absolute.
+ifneq ($(OMNIGLOT_DIR),)
+export OMNIGLOT_DIR := $(abspath $(OMNIGLOT_DIR))
+endif
+SMOKE_DIR ?= build/smoke
+
+.PHONY: setup repro smoke test lint ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # the CPU build; any other torch spec pulls CUDA packages
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+repro: setup          ## the full pipeline, default profile
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+smoke: setup          ## the whole pipeline on the quick profile, in $(SMOKE_DIR)
+	$(BIN)/python -m pipeline.profile smoke $(SMOKE_DIR)
+	cd $(SMOKE_DIR) && MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath .)/mlflow.db} $(BIN)/dvc repro
+	cd $(SMOKE_DIR) && $(BIN)/dvc metrics show
+
+test: setup           ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
+	$(BIN)/ruff check pipeline stages tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+ui: setup             ## the MLflow UI on the default store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .)/mlflow.db
+
+clean:
+	rm -rf build

@@ -1,0 +1,107 @@
+"""One-shot evaluation: the same seeded episodes for every variant, accuracies with 95% CIs, paired deltas."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from pipeline.config import _check
+from pipeline.data import OmniglotSet
+from pipeline.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from pipeline.siamese import SiameseNet, episode_scores
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    ways: tuple[int, ...] = (20, 5)  # N of the N-way episodes over all novel classes; the first is the headline
+    within_alphabet_way: int = 20  # N of the within-alphabet episodes (Lake et al. 2015)
+    seen_way: int = 20  # N of the seen-class episodes (exemplar as support, a held-out drawing as query)
+    n_episodes: int = 1000
+    consistency_way: int = 20  # N-way alternatives when checking synthetic drawings' class identity
+    baseline: str = "baseline"  # the variant every other one is compared with
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        _check(len(self.ways) > 0 and all(n >= 2 for n in self.ways), f"{key}.ways", self.ways,
+               "a non-empty list of N >= 2")
+        for name in ("within_alphabet_way", "seen_way", "consistency_way"):
+            _check(getattr(self, name) >= 2, f"{key}.{name}", getattr(self, name), "N >= 2")
+        _check(self.n_episodes >= 2, f"{key}.n_episodes", self.n_episodes, "at least 2 (for a CI)")
+
+    @property
+    def headline(self) -> str:
+        return f"{self.ways[0]}way"
+
+
+def build_episodes(dataset: OmniglotSet, cfg: EvaluationConfig) -> dict[str, Episodes]:
+    """Every evaluation protocol's episodes, drawn once from labels with the params seed."""
+    rng = np.random.default_rng(cfg.seed)
+    novel = dataset.classes("novel")
+    episodes = {
+        f"{n}way": sample_episodes(dataset.labels, dataset.drawers, novel, n, cfg.n_episodes, rng,
+                                   name=f"evaluation.ways: {n}-way novel-class episodes")
+        for n in cfg.ways
+    }
+    alphabets = np.unique(dataset.class_alphabet, return_inverse=True)[1]
+    episodes[f"{cfg.within_alphabet_way}way_within"] = sample_episodes(
+        dataset.labels, dataset.drawers, novel, cfg.within_alphabet_way, cfg.n_episodes, rng, groups=alphabets,
+        name=f"evaluation.within_alphabet_way: {cfg.within_alphabet_way}-way within-alphabet episodes")
+    episodes["seen"] = sample_episodes(
+        dataset.labels, dataset.drawers, dataset.classes("train"), cfg.seen_way, cfg.n_episodes, rng,
+        support_drawer=dataset.exemplar_drawer, name=f"evaluation.seen_way: {cfg.seen_way}-way seen-class episodes")
+    return episodes
+
+
+def per_episode_accuracy(net: SiameseNet, embeddings: torch.Tensor,
+                         episodes: dict[str, Episodes]) -> dict[str, np.ndarray]:
+    """Accuracy of each episode [E] per protocol, from embeddings of every dataset image [N, D]."""
+    return {key: episode_accuracy(episode_scores(net, embeddings, ep)) for key, ep in episodes.items()}
+
+
+def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
+    """Per variant: `acc_<protocol>` and `_ci95`; for all but the baseline the paired headline delta."""
+    if cfg.baseline not in accuracy:
+        raise ValueError(f"evaluation.baseline={cfg.baseline!r} is not among the variants {sorted(accuracy)}")
+    metrics: dict[str, dict[str, float]] = {}
+    base = accuracy[cfg.baseline][cfg.headline]
+    for variant, per_protocol in accuracy.items():
+        m: dict[str, float] = {}
+        for key, acc in per_protocol.items():
+            m[f"acc_{key}"], m[f"acc_{key}_ci95"] = mean_ci95(acc)
+        if variant != cfg.baseline:
+            # Same episodes for both: the per-episode difference gives a paired CI.
+            delta = f"delta_{cfg.headline}_vs_{cfg.baseline}"
+            m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[cfg.headline] - base)
+        metrics[variant] = {k: round(v, 5) for k, v in m.items()}
+    return metrics
+
+
+def class_consistency(embed: torch.Tensor, own: np.ndarray, exemplar_emb: torch.Tensor, n_way: int,
+                      rng: np.random.Generator) -> float:
+    """Fraction of drawings whose nearest of `n_way` exemplars (own + others) is their own.
+
+    embed: [M, D] unit embeddings of the drawings; own: [M] row of each drawing's exemplar in
+    exemplar_emb [K, D]. The n_way - 1 alternatives are drawn at random among the other exemplars.
+    """
+    k = len(exemplar_emb)
+    if k < n_way:
+        raise ValueError(f"consistency needs {n_way} exemplars, only {k} are available; lower consistency_way")
+    hits = 0
+    for i in range(len(embed)):
+        others = rng.choice(k - 1, size=n_way - 1, replace=False)
+        others += others >= own[i]
+        cands = np.concatenate([[own[i]], others])
+        sims = embed[i] @ exemplar_emb[torch.from_numpy(cands)].T
+        hits += int(sims.argmax() == 0)
+    return hits / max(len(embed), 1)
+
+
+def mean_pairwise_distance(embed: torch.Tensor) -> float:
+    """Mean Euclidean distance over all pairs of rows of [M, D]."""
+    if len(embed) < 2:
+        return float("nan")
+    d = torch.cdist(embed.float(), embed.float())
+    m = len(embed)
+    return float(d.sum() / (m * (m - 1)))

@@ -1,0 +1,145 @@
+"""Exemplar-conditioned VAE that draws a character again, differently.
+
+Given an exemplar x_a and another drawing x_b of the same class, the encoder infers a small
+latent code z ~ q(z | x_a, x_b) of *how* x_b is drawn differently from x_a; the decoder turns
+(x_a, z) into a smooth displacement field and resamples the exemplar's strokes along it.
+
+Why a displacement field rather than free pixels: a pixel decoder that sees the exemplar either
+copies it (posterior collapse: blurred copies, no diversity), or lets z carry the character's
+identity, so that prior samples z ~ N(0, I) drift into other characters. Moving the exemplar's
+own strokes keeps the identity by construction; z only has room for the drawer's variation
+(proportions, slant, stroke placement), learned from real pairs of the source classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import _check, positive
+from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    latent_dim: int = 16
+    widths: tuple[int, ...] = (16, 32, 64)  # encoder channels per resolution: 28, 14, 7
+    max_displacement: float = 0.35  # largest stroke shift, as a fraction of half the image side
+    beta: float = 1.0  # weight of the KL term
+    scales: tuple[int, ...] = (1, 2, 4)  # the reconstruction is compared at these pooling factors
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_steps: int = 3000
+    temperature: float = 1.0  # sampling: z ~ N(0, temperature^2 I)
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        positive(key, latent_dim=self.latent_dim, max_displacement=self.max_displacement, batch_size=self.batch_size,
+                 lr=self.lr, max_steps=self.max_steps, temperature=self.temperature)
+        _check(self.beta >= 0, f"{key}.beta", self.beta, "a number >= 0")
+        _check(len(self.widths) >= 2 and all(w > 0 for w in self.widths), f"{key}.widths", self.widths,
+               "at least two positive channel counts")
+        _check(all(s >= 1 for s in self.scales) and len(self.scales) > 0, f"{key}.scales", self.scales,
+               "a non-empty list of pooling factors >= 1")
+
+
+class ExemplarVAE(nn.Module):
+    """x_a [B, 1, S, S] (+ x_b for the posterior) -> a new drawing of x_a's class [B, 1, S, S], values 0..1."""
+
+    def __init__(self, image_size: int = 28, latent_dim: int = 16, widths: tuple[int, ...] = (16, 32, 64),
+                 max_displacement: float = 0.35):
+        super().__init__()
+        self.config = {"image_size": image_size, "latent_dim": latent_dim, "widths": tuple(widths),
+                       "max_displacement": max_displacement}
+        down = 2 ** (len(widths) - 1)
+        if image_size % down:
+            raise ValueError(f"image_size={image_size} must be divisible by {down} for {len(widths)} encoder levels")
+        self.image_size = image_size
+        self.latent_dim = latent_dim
+        self.max_displacement = max_displacement
+        self.posterior = conv_encoder(2, latent_dim, widths, double_z=True)  # sees exemplar and target
+        self.context = conv_encoder(1, widths[-1], widths, double_z=False)  # sees the exemplar only
+        self.decoder = FiLMResnet(widths[-1], latent_dim, n_blocks=2)
+        self.to_flow = nn.Conv2d(widths[-1], 2, 3, padding=1)
+        nn.init.zeros_(self.to_flow.weight)  # start as the identity warp
+        nn.init.zeros_(self.to_flow.bias)  # type: ignore[arg-type]
+
+    def encode(self, exemplar: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> mean, log-variance of q(z | x_a, x_b), each [B, latent_dim]."""
+        stats = self.posterior(torch.cat([exemplar, target], dim=1)).float().mean(dim=(2, 3))
+        mean, logvar = stats.chunk(2, dim=1)
+        return mean, logvar.clamp(-10, 10)
+
+    def flow(self, exemplar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Displacement field [B, S, S, 2] in grid units (-1..1 spans the image)."""
+        h = self.decoder(self.context(exemplar), z)
+        coarse = self.to_flow(h).float()  # [B, 2, S/4, S/4]: smooth by construction
+        dense = F.interpolate(coarse, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        return (torch.tanh(dense) * self.max_displacement).permute(0, 2, 3, 1)
+
+    def decode(self, exemplar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        grid = identity_grid(len(exemplar), self.image_size, exemplar.device) + self.flow(exemplar, z)
+        return F.grid_sample(exemplar.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def forward(self, exemplar: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mean, logvar = self.encode(exemplar, target)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return self.decode(exemplar, z), mean, logvar
+
+    @torch.no_grad()
+    def generate(self, exemplars: torch.Tensor, n: int, generator: torch.Generator,
+                 temperature: float = 1.0) -> torch.Tensor:
+        """n new drawings per exemplar: [B, 1, S, S] -> [B, n, 1, S, S], z from the prior."""
+        b = len(exemplars)
+        z = torch.randn(b * n, self.latent_dim, generator=generator, device=exemplars.device) * temperature
+        repeated = exemplars.repeat_interleave(n, dim=0)
+        return self.decode(repeated, z).view(b, n, 1, self.image_size, self.image_size)
+
+
+def multiscale_error(output: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """Squared error summed over pixels at several poolings, mean over the batch.
+
+    Coarse scales give a gradient even where strokes do not overlap yet; each scale is weighted
+    by its pooling area so that all count about equally.
+    """
+    total = output.new_zeros(())
+    for s in scales:
+        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
+        total = total + (a - b).pow(2).sum(dim=(1, 2, 3)).mean() * s * s
+    return total
+
+
+class VAEModule(pl.LightningModule):
+    """Trains `ExemplarVAE` on same-class pairs: reconstruction of x_b plus beta * KL(q || N(0, I))."""
+
+    def __init__(self, model: ExemplarVAE, cfg: VAEConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.save_hyperparameters({"vae": dataclasses.asdict(cfg), "model": model.config})
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        exemplar, target = batch
+        recon, mean, logvar = self.model(exemplar, target)
+        rec = multiscale_error(recon, target.float(), self.cfg.scales)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1).mean()
+        loss = rec + self.cfg.beta * kl
+        copy = multiscale_error(exemplar.float(), target.float(), self.cfg.scales)
+        self.log_dict({"train/loss": loss, "train/reconstruction": rec, "train/kl": kl,
+                       "train/reconstruction_vs_copy": rec / copy.clamp_min(1e-6)}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=self.cfg.max_steps,
+                                                    pct_start=0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def build(cfg: VAEConfig, image_size: int) -> ExemplarVAE:
+    return ExemplarVAE(image_size, cfg.latent_dim, cfg.widths, cfg.max_displacement)

@@ -1,0 +1,47 @@
+"""Pictures a person would rather look at than read: learning curves and per-variant accuracy."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def learning_curves(histories: dict[str, pd.DataFrame]) -> Figure:
+    """One panel per logged metric (train loss, seen-class validation accuracy), one line per variant."""
+    keys = [k for k in ("train/loss", "val/acc_20way_seen") if any(k in h for h in histories.values())]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(5 * max(len(keys), 1), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        for variant, h in histories.items():
+            if key in h:
+                points = h[["step", key]].dropna()
+                ax.plot(points["step"], points[key], label=variant, marker="o" if key.startswith("val") else None,
+                        markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(metrics: dict[str, dict[str, float]], keys: list[str]) -> Figure:
+    """Grouped bars of accuracy with 95% CI per variant and protocol."""
+    variants = list(metrics)
+    fig, ax = plt.subplots(figsize=(1.6 * len(variants) * len(keys) / 2 + 3, 3.8))
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        xs = [i + j * width for i in range(len(variants))]
+        ys = [metrics[v].get(key, float("nan")) for v in variants]
+        es = [metrics[v].get(f"{key}_ci95", 0.0) for v in variants]
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=key)
+    ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(variants))], variants)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

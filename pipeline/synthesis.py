@@ -1,0 +1,51 @@
+"""Synthesis: from each one-shot exemplar, N new drawings by a trained generator; and the sample grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from pipeline.siamese import to_tensor
+
+
+@torch.no_grad()
+def synthesize_from_exemplars(model: torch.nn.Module, exemplars: np.ndarray, n_per_exemplar: int,
+                              generator: torch.Generator, temperature: float = 1.0,
+                              batch_size: int = 256) -> np.ndarray:
+    """uint8 exemplars [C, S, S] -> uint8 synthetic drawings [C, n, S, S] (strokes 255)."""
+    if n_per_exemplar < 0:
+        raise ValueError(f"n_per_exemplar={n_per_exemplar}; expected a count >= 0")
+    c, s = len(exemplars), exemplars.shape[-1]
+    out = np.empty((c, n_per_exemplar, s, s), dtype=np.uint8)
+    if n_per_exemplar == 0 or c == 0:
+        return out
+    model.eval()
+    for start in range(0, c, batch_size):
+        x = to_tensor(exemplars[start:start + batch_size])
+        drawn = model.generate(x, n_per_exemplar, generator=generator, temperature=temperature)  # type: ignore[operator]
+        out[start:start + batch_size] = (drawn.squeeze(2).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return out
+
+
+def sample_grid(rows: list[tuple[str, np.ndarray, np.ndarray]], scale: int = 3) -> Image.Image:
+    """A picture of labelled rows: the exemplar, a gap, then its synthetic drawings.
+
+    rows: (label, exemplar uint8 [S, S], synthetic uint8 [n, S, S]); drawn dark on light.
+    """
+    if not rows:
+        raise ValueError("sample_grid needs at least one row")
+    s = rows[0][1].shape[-1]
+    n = max(len(r[2]) for r in rows)
+    label_w, gap = 150, 6
+    width = label_w + (s + 2) * (n + 1) + gap
+    canvas = Image.new("L", (width, (s + 2) * len(rows)), 255)
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, exemplar, synthetic) in enumerate(rows):
+        y = r * (s + 2) + 1
+        draw.text((2, y + s // 2 - 5), label[:24], fill=0)
+        canvas.paste(Image.fromarray(255 - exemplar), (label_w, y))
+        for k, img in enumerate(synthetic):
+            canvas.paste(Image.fromarray(255 - img), (label_w + gap + (s + 2) * (k + 1), y))
+    draw.line([(label_w + s + gap // 2 + 1, 0), (label_w + s + gap // 2 + 1, canvas.height)], fill=128)
+    return canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)

@@ -1,0 +1,35 @@
+"""A set of synthetic drawings: what the synthesis stage writes and the classifier stage reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import read_json, write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSet:
+    images: np.ndarray  # [M, S, S] uint8, strokes 255
+    labels: np.ndarray  # [M] class index into the prepared dataset's class table
+    generator: str  # the family that drew them, "none" for the empty set
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        np.savez_compressed(folder / "synthetic.npz", images=self.images, labels=self.labels)
+        write_json(folder / "manifest.json", {"generator": self.generator, "count": len(self.images), **self.info})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SyntheticSet:
+        folder = Path(folder)
+        manifest = read_json(folder / "manifest.json")
+        with np.load(folder / "synthetic.npz") as data:
+            return cls(images=data["images"], labels=data["labels"], generator=manifest.pop("generator"),
+                       info=manifest)
+
+    def for_class(self, c: int) -> np.ndarray:
+        return self.images[self.labels == c]

@@ -1,0 +1,87 @@
+"""Where MLflow runs go and how they are tagged.
+
+The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path: DVC sets
+`DVC_ROOT` to the root of the user's repository even for queued `dvc exp run` copies, so every
+run of every experiment lands in the same store. `MLFLOW_TRACKING_URI` overrides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipeline.config import TrackingConfig
+
+# MLflow's SQLite store logs every schema migration at INFO on first use; keep the stage output readable.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The user's repository root: `DVC_ROOT` when DVC runs the stage, else the folder holding dvc.yaml."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the fix, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered; MLflow itself reports anything else
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+            "start it (`mlflow server --host 127.0.0.1 --port 5000`) or unset MLFLOW_TRACKING_URI "
+            "to log to the local mlflow.db"
+        ) from exc
+
+
+def setup(cfg: TrackingConfig) -> str | None:
+    """Point MLflow at the tracking store; returns the URI, or None when tracking is off."""
+    if not cfg.enabled:
+        return None
+    import mlflow
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+def git_commit() -> str:
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(**extra: str) -> dict[str, str]:
+    """Tags every run carries: git commit and DVC experiment name, plus `extra`."""
+    tags = {"git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")}
+    tags.update({k: v for k, v in extra.items() if v is not None})
+    return tags

@@ -1,0 +1,36 @@
+"""What each classifier variant trains on: real drawings per class, classic transforms, synthetic drawings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pipeline.config import _check
+from pipeline.data import DRAWERS, OmniglotSet
+from pipeline.synthetic import SyntheticSet
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantConfig:
+    real_per_class: int = 1  # 1 = one-shot (the seeded exemplar); 20 = every real drawing (the oracle)
+    classic: bool = True  # albumentations' affine transforms on the fly
+    synthetic: str = "none"  # generator whose synthetic drawings are added, or "none"
+    ceiling: bool = False  # a reference ceiling (sees real drawings a one-shot method never has)
+
+    def validate(self, key: str) -> None:
+        _check(1 <= self.real_per_class <= DRAWERS, f"{key}.real_per_class", self.real_per_class,
+               f"1..{DRAWERS} real drawings per class")
+
+
+def training_pools(dataset: OmniglotSet, variant: VariantConfig, synthetic: SyntheticSet) -> list[np.ndarray]:
+    """One uint8 image array per one-shot training class: its real drawings plus its synthetic ones.
+
+    The exemplar always comes first; further real drawings (oracle) follow in drawer order.
+    """
+    pools = []
+    for c, ex in zip(dataset.classes("train"), dataset.exemplar_indices(), strict=True):
+        others = np.flatnonzero((dataset.labels == c) & (np.arange(len(dataset.labels)) != ex))
+        real = np.concatenate([[ex], others[: variant.real_per_class - 1]])
+        pools.append(np.concatenate([dataset.images[real], synthetic.for_class(int(c))]))
+    return pools

@@ -1,0 +1,173 @@
+"""Stage `evaluate`: score every variant on the same novel-class episodes; write metrics and log to MLflow.
+
+MLflow gets one parent run per pipeline run and, nested under it, one run per variant with its
+params, metrics (with the paired delta to the baseline), learning curves, sample grid and model,
+so that a user filters one pipeline run and compares its variants side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import tracking
+from pipeline.config import TrackingConfig, load_params, section
+from pipeline.data import OmniglotSet
+from pipeline.evaluation import (
+    EvaluationConfig,
+    build_episodes,
+    class_consistency,
+    mean_pairwise_distance,
+    per_episode_accuracy,
+    summarize,
+)
+from pipeline.io import atomic_path, read_json, write_json
+from pipeline.plots import accuracy_bars, learning_curves
+from pipeline.siamese import SiameseNet, embed_all, load_siamese, to_tensor
+from pipeline.variants import VariantConfig
+
+
+def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, novel_file: Path, cfg: EvaluationConfig) -> dict:
+    """Identity and diversity of a generator's drawings of novel classes, in the reference embedding.
+
+    consistency: how often a drawing's nearest of `consistency_way` exemplars is its own exemplar;
+    the same for real held-out drawings of those classes is the yardstick. diversity: mean pairwise
+    distance of one class's synthetic drawings over that of its 20 real drawings.
+    """
+    with np.load(novel_file) as data:
+        ex_idx, images, labels = data["exemplar_index"], data["images"], data["labels"]
+    if len(images) == 0:
+        return {}
+    rng = np.random.default_rng(cfg.seed)
+    ex_emb = embed_all(ref, to_tensor(dataset.images[ex_idx]))
+    row_of_class = {int(c): k for k, c in enumerate(dataset.labels[ex_idx])}
+    syn_emb = embed_all(ref, to_tensor(images))
+    own_syn = np.array([row_of_class[int(c)] for c in labels])
+    real_idx = np.flatnonzero(np.isin(dataset.labels, dataset.labels[ex_idx]) & ~np.isin(
+        np.arange(len(dataset.labels)), ex_idx))
+    real_emb = embed_all(ref, to_tensor(dataset.images[real_idx]))
+    own_real = np.array([row_of_class[int(c)] for c in dataset.labels[real_idx]])
+    way = min(cfg.consistency_way, len(ex_idx))
+    diversity = []
+    for c in np.unique(labels):
+        syn = syn_emb[torch.from_numpy(labels == c)]
+        real = real_emb[torch.from_numpy(dataset.labels[real_idx] == c)]
+        diversity.append(mean_pairwise_distance(syn) / mean_pairwise_distance(real))
+    return {
+        "synthetic_class_consistency": round(class_consistency(syn_emb, own_syn, ex_emb, way, rng), 5),
+        "real_class_consistency": round(class_consistency(real_emb, own_real, ex_emb, way, rng), 5),
+        "synthetic_diversity": round(float(np.nanmean(diversity)), 5),
+    }
+
+
+def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict, args: argparse.Namespace,
+                  params: dict, tracking_cfg: TrackingConfig, pictures: list[Path]) -> str:
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    tags = tracking.run_tags(kind="pipeline")
+    name = tags["dvc_exp"] or f"pipeline {tags['git_commit'][:8]}"
+    with mlflow.start_run(run_name=name, tags=tags) as parent:
+        group = parent.info.run_id
+        mlflow.set_tag("run_group", group)
+        mlflow.log_params({"evaluation." + k: str(v) for k, v in params["evaluation"].items()})
+        for picture in pictures:
+            mlflow.log_artifact(str(picture))
+        for variant, vcfg in variants.items():
+            ckpt = ckpts[variant]
+            run_info = read_json(Path(args.classifiers) / variant / "run.json")
+            vtags = tracking.run_tags(kind="variant", variant=variant, generator=vcfg.synthetic,
+                                      run_group=group, ceiling=str(vcfg.ceiling).lower(),
+                                      training_run_id=run_info.get("mlflow_run_id") or "")
+            label = f"{variant} (ceiling)" if vcfg.ceiling else variant
+            with mlflow.start_run(run_name=label, nested=True, tags=vtags) as child:
+                flat = {f"variant.{k}": v for k, v in ckpt["variant_config"].items()}
+                flat.update({f"siamese.{k}": v for k, v in ckpt["siamese_config"].items()})
+                flat.update({f"augment.{k}": v for k, v in ckpt["augment_config"].items()})
+                if vcfg.synthetic != "none":
+                    flat.update({f"generator.{k}": v for k, v in params["generator"][vcfg.synthetic].items()})
+                    flat["synthesis.n_per_exemplar"] = params["synthesis"]["n_per_exemplar"]
+                mlflow.log_params({k: str(v) for k, v in flat.items()})
+                mlflow.log_metrics(metrics[variant])
+                history = Path(args.classifiers) / variant / "metrics.csv"
+                if history.is_file():
+                    frame = pd.read_csv(history)
+                    now = int(time.time() * 1000)
+                    batch = [Metric(key, float(v), now, int(step))
+                             for key in frame.columns if key not in ("step", "epoch")
+                             for step, v in frame[["step", key]].dropna().itertuples(index=False)]
+                    for start in range(0, len(batch), 1000):
+                        client.log_batch(child.info.run_id, metrics=batch[start:start + 1000])
+                    mlflow.log_artifact(str(history), "history")
+                grid = Path(args.reports) / f"samples_{vcfg.synthetic}.png"
+                if vcfg.synthetic != "none" and grid.is_file():
+                    mlflow.log_artifact(str(grid))
+                mlflow.pytorch.log_model(nets[variant], name="model",
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return group
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", required=True, help="prepared omniglot.npz")
+    ap.add_argument("--classifiers", required=True, help="folder of <variant>/model.pt")
+    ap.add_argument("--synthetic", required=True, help="folder of <generator>/ synthetic sets")
+    ap.add_argument("--metrics", required=True, help="metrics JSON to write")
+    ap.add_argument("--reports", required=True, help="folder for pictures")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    cfg = section(params, EvaluationConfig, "evaluation")
+    tracking_cfg = section(params, TrackingConfig, "tracking")
+    if not isinstance(params.get("variants"), dict) or not params["variants"]:
+        raise ValueError("params.yaml: `variants` must map each variant name to its settings")
+    variants = {v: section(params, VariantConfig, f"variants.{v}") for v in params["variants"]}
+    uri = tracking.setup(tracking_cfg)  # fail on an unreachable server before the work, not after
+
+    dataset = OmniglotSet.load(args.data)
+    episodes = build_episodes(dataset, cfg)
+    images = to_tensor(dataset.images)
+    accuracy, nets, ckpts = {}, {}, {}
+    for variant in variants:
+        path = Path(args.classifiers) / variant / "model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no trained classifier for variant {variant!r}; run `dvc repro`")
+        nets[variant], ckpts[variant] = load_siamese(str(path))
+        accuracy[variant] = per_episode_accuracy(nets[variant], embed_all(nets[variant], images), episodes)
+    metrics = summarize(accuracy, cfg)
+
+    reference = next((v for v, c in variants.items() if c.ceiling), None)
+    for variant, vcfg in variants.items():
+        novel_file = Path(args.synthetic) / vcfg.synthetic / "novel.npz"
+        if vcfg.synthetic != "none" and reference is not None and novel_file.is_file():
+            metrics[variant].update(synthetic_measures(nets[reference], dataset, novel_file, cfg))
+
+    reports = Path(args.reports)
+    histories = {v: pd.read_csv(Path(args.classifiers) / v / "metrics.csv") for v in variants
+                 if (Path(args.classifiers) / v / "metrics.csv").is_file()}
+    pictures = []
+    for name, fig in (("curves.png", learning_curves(histories)),
+                      ("accuracy.png", accuracy_bars(metrics, [f"acc_{k}" for k in episodes]))):
+        with atomic_path(reports / name) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        pictures.append(reports / name)
+    write_json(args.metrics, metrics)
+
+    if uri is not None:
+        group = log_to_mlflow(metrics, variants, ckpts, nets, args, params, tracking_cfg, pictures)
+        print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
+    headline = f"acc_{cfg.headline}"
+    for variant, m in metrics.items():
+        print(f"{variant:>10}: {headline} {m[headline]:.3f} +/- {m[headline + '_ci95']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

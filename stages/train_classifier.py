@@ -1,0 +1,89 @@
+"""Stage `train_classifier@<variant>`: train the Siamese network on one variant's training set."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+
+from pipeline import tracking
+from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
+from pipeline.data import OmniglotSet
+from pipeline.episodes import sample_episodes
+from pipeline.io import atomic_dir, write_json
+from pipeline.siamese import PairBatches, SiameseConfig, SiameseModule, SiameseNet, save_siamese, to_tensor
+from pipeline.synthetic import SyntheticSet
+from pipeline.training import build_trainer, configure_torch, export_model, prepare_model
+from pipeline.variants import VariantConfig, training_pools
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--data", required=True, help="prepared omniglot.npz")
+    ap.add_argument("--synthetic", required=True, help="synthetic set folder (empty for the real-only variants)")
+    ap.add_argument("--out", required=True, help="output folder: model.pt, metrics.csv, run.json")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    variant = section(params, VariantConfig, f"variants.{args.variant}")
+    cfg = section(params, SiameseConfig, "siamese")
+    augment = section(params, ClassicAugmentConfig, "augment")
+    trainer_cfg = section(params, TrainerConfig, "trainer")
+    tracking_cfg = section(params, TrackingConfig, "tracking")
+    uri = tracking.setup(tracking_cfg)
+    configure_torch(trainer_cfg)
+
+    dataset = OmniglotSet.load(args.data)
+    synthetic = SyntheticSet.load(args.synthetic)
+    if synthetic.generator != variant.synthetic:
+        raise ValueError(f"{args.synthetic} holds drawings of generator {synthetic.generator!r}, but "
+                         f"variants.{args.variant}.synthetic is {variant.synthetic!r}")
+    pools = training_pools(dataset, variant, synthetic)
+    transform = classic_transform(augment, cfg.seed) if variant.classic else None
+
+    # Learning curve: seen-class episodes (exemplar support, held-out query), never the novel classes.
+    train_classes = dataset.classes("train")
+    val_way = min(20, len(train_classes))
+    val_idx = dataset.indices("train")
+    val_episodes = sample_episodes(dataset.labels, dataset.drawers, train_classes, val_way, 200,
+                                   np.random.default_rng(cfg.seed), support_drawer=dataset.exemplar_drawer,
+                                   name="validation episodes")
+    remap = np.full(len(dataset.labels), -1)
+    remap[val_idx] = np.arange(len(val_idx))
+    val_episodes = dataclasses.replace(val_episodes, support=remap[val_episodes.support],
+                                       query=remap[val_episodes.query])
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    net = prepare_model(SiameseNet(int(dataset.images.shape[-1]), cfg.channels, cfg.embedding_dim, cfg.loss),
+                        trainer_cfg)
+    module = SiameseModule(net, cfg, val_data={"images": to_tensor(dataset.images[val_idx]),
+                                               "episodes": val_episodes})
+    loader = torch.utils.data.DataLoader(PairBatches(pools, cfg.batch_classes, cfg.seed, transform),
+                                         batch_size=None, num_workers=1, persistent_workers=True)
+    val_loader: list[int] = [0]  # one validation 'batch'; validation reads module.val_data
+
+    with atomic_dir(args.out) as tmp:
+        loggers: list = [CSVLogger(tmp, name="", version="")]
+        if uri is not None:
+            loggers.append(MLFlowLogger(
+                experiment_name=tracking_cfg.experiment, tracking_uri=uri, run_name=f"train:{args.variant}",
+                tags=tracking.run_tags(kind="training", variant=args.variant, generator=variant.synthetic)))
+        trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every)
+        trainer.fit(module, loader, val_loader)
+        save_siamese(export_model(net), str(tmp / "model.pt"), extra={
+            "variant": args.variant, "variant_config": dataclasses.asdict(variant),
+            "siamese_config": dataclasses.asdict(cfg), "augment_config": dataclasses.asdict(augment),
+            "images_per_class": [len(p) for p in pools],
+        })
+        write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""params.yaml -> frozen dataclasses: every bad value fails at load, naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    DataConfig,
+    DownloadConfig,
+    ParamsError,
+    TrainerConfig,
+    from_dict,
+    load_params,
+    section,
+)
+from pipeline.profile import overlay
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceConfig:
+    loss: Literal["contrastive", "bce", "triplet"] = "contrastive"
+    sizes: tuple[int, ...] = (1, 2)
+    rate: float = 0.5
+
+
+def test_from_dict_builds_frozen_config_with_defaults() -> None:
+    cfg = from_dict(DataConfig, {"image_size": 32, "max_classes_per_alphabet": 3}, "data")
+    assert cfg == DataConfig(image_size=32, max_classes_per_alphabet=3)
+    assert cfg.n_source_alphabets == 20 and cfg.download is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.image_size = 64  # type: ignore[misc]
+
+
+def test_unknown_key_names_the_key_and_the_allowed_keys() -> None:
+    with pytest.raises(ParamsError) as err:
+        from_dict(DataConfig, {"image_size": 28, "imgae_size": 28}, "data")
+    msg = str(err.value)
+    assert "`data.imgae_size`" in msg
+    for allowed in ("image_size", "n_source_alphabets", "max_classes_per_alphabet", "split_seed", "download"):
+        assert allowed in msg
+
+
+def test_wrong_type_names_key_value_and_expectation() -> None:
+    with pytest.raises(ParamsError, match=r"`data\.image_size` = '28' is not allowed; expected an integer"):
+        from_dict(DataConfig, {"image_size": "28"}, "data")
+    # A bool is not an integer, though Python says isinstance(True, int).
+    with pytest.raises(ParamsError, match=r"`data\.split_seed` = True .*expected an integer"):
+        from_dict(DataConfig, {"split_seed": True}, "data")
+    with pytest.raises(ParamsError, match=r"`trainer\.channels_last` = 'yes' .*expected true or false"):
+        from_dict(TrainerConfig, {"channels_last": "yes"}, "trainer")
+
+
+def test_missing_required_key_is_named() -> None:
+    with pytest.raises(ParamsError, match=r"missing key `data\.download\.md5`"):
+        from_dict(DownloadConfig, {"base_url": "http://x"}, "data.download")
+
+
+def test_literal_accepts_listed_values_and_names_them_otherwise() -> None:
+    assert from_dict(ChoiceConfig, {"loss": "bce"}, "siamese").loss == "bce"
+    with pytest.raises(ParamsError) as err:
+        from_dict(ChoiceConfig, {"loss": "hinge"}, "siamese")
+    msg = str(err.value)
+    assert "`siamese.loss` = 'hinge'" in msg
+    assert "'contrastive', 'bce', 'triplet'" in msg
+
+
+def test_lists_become_tuples_and_ints_become_floats() -> None:
+    cfg = from_dict(ChoiceConfig, {"sizes": [4, 8], "rate": 1}, "x")
+    assert cfg.sizes == (4, 8) and isinstance(cfg.sizes, tuple)
+    assert cfg.rate == 1.0 and isinstance(cfg.rate, float)
+    with pytest.raises(ParamsError, match=r"`x\.sizes\[1\]` = 'b' .*expected an integer"):
+        from_dict(ChoiceConfig, {"sizes": [1, "b"]}, "x")
+
+
+def test_union_int_or_str() -> None:
+    assert from_dict(TrainerConfig, {"devices": 2}, "trainer").devices == 2
+    assert from_dict(TrainerConfig, {"devices": "auto"}, "trainer").devices == "auto"
+    with pytest.raises(ParamsError, match=r"`trainer\.devices` = 1\.5 is not allowed; expected an integer or a string"):
+        from_dict(TrainerConfig, {"devices": 1.5}, "trainer")
+
+
+def test_optional_accepts_null_but_not_for_required_values() -> None:
+    assert from_dict(DataConfig, {"max_classes_per_alphabet": None}, "data").max_classes_per_alphabet is None
+    with pytest.raises(ParamsError, match=r"`data\.image_size` = None .*expected an integer"):
+        from_dict(DataConfig, {"image_size": None}, "data")
+
+
+def test_nested_dataclass_is_built_and_its_errors_name_the_inner_key() -> None:
+    cfg = from_dict(DataConfig, {"download": {"base_url": "http://h/x", "md5": {"a.zip": "0" * 32}}}, "data")
+    assert cfg.download == DownloadConfig(base_url="http://h/x", md5={"a.zip": "0" * 32})
+
+    with pytest.raises(ParamsError, match=r"`data\.download\.base_url` = 3 is not allowed; expected a string"):
+        from_dict(DataConfig, {"download": {"base_url": 3, "md5": {}}}, "data")
+    with pytest.raises(ParamsError, match=r"`data\.download\.md5\.a\.zip` = 5 .*expected a string"):
+        from_dict(DataConfig, {"download": {"base_url": "u", "md5": {"a.zip": 5}}}, "data")
+    with pytest.raises(ParamsError) as err:
+        from_dict(DataConfig, {"download": {"base_url": "u", "md5": {}, "mirror": "v"}}, "data")
+    assert "unknown key `data.download.mirror`" in str(err.value)
+    assert "base_url, md5" in str(err.value)
+    with pytest.raises(ParamsError, match=r"`data\.download` = 'http://h' .*expected a mapping"):
+        from_dict(DataConfig, {"download": "http://h"}, "data")
+
+
+@pytest.mark.parametrize("size", [30, 4, 0, -8])
+def test_image_size_must_be_a_multiple_of_4_and_at_least_8(size: int) -> None:
+    with pytest.raises(ParamsError, match=rf"`data\.image_size` = {size} .*multiple of 4"):
+        from_dict(DataConfig, {"image_size": size}, "data")
+
+
+@pytest.mark.parametrize("n", [0, 30, -1])
+def test_n_source_alphabets_out_of_range(n: int) -> None:
+    with pytest.raises(ParamsError, match=rf"`data\.n_source_alphabets` = {n} .*1\.\.29"):
+        from_dict(DataConfig, {"n_source_alphabets": n}, "data")
+
+
+def test_validate_accepts_the_edges() -> None:
+    assert from_dict(DataConfig, {"image_size": 8, "n_source_alphabets": 29}, "data").image_size == 8
+    assert from_dict(DataConfig, {"n_source_alphabets": 1}, "data").n_source_alphabets == 1
+    with pytest.raises(ParamsError, match=r"`data\.max_classes_per_alphabet` = 0 .*> 0"):
+        from_dict(DataConfig, {"max_classes_per_alphabet": 0}, "data")
+
+
+def test_section_reads_a_dotted_path_and_names_a_missing_one() -> None:
+    params = {"data": {"image_size": 32}, "a": {"b": {"devices": 3}}}
+    assert section(params, DataConfig, "data").image_size == 32
+    assert section(params, TrainerConfig, "a.b").devices == 3
+    with pytest.raises(ParamsError, match=r"missing section `a\.c`"):
+        section(params, TrainerConfig, "a.c")
+    with pytest.raises(ParamsError, match=r"`data` = 3 .*expected a mapping"):
+        section({"data": 3}, DataConfig, "data")
+
+
+def test_load_params_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml: params file not found"):
+        load_params(missing)
+
+
+def test_load_params_invalid_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  image_size: [28\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML"):
+        load_params(bad)
+
+
+def test_load_params_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="expected a mapping at the top level"):
+        load_params(bad)
+
+
+def test_project_params_load_and_validate() -> None:
+    params = load_params(ROOT / "params.yaml")
+    data = section(params, DataConfig, "data")
+    assert data.download is not None
+    assert section(params, TrainerConfig, "trainer").devices == 1
+
+
+def test_overlay_merges_nested_keys() -> None:
+    base = {"data": {"image_size": 28, "download": {"base_url": "u", "md5": {"a": "1"}}},
+            "siamese": {"lr": 0.1, "seed": 0}, "variants": {"baseline": {"classic": False}, "vae": {"classic": True}}}
+    merged = overlay(base, {"data": {"download": {"base_url": "v"}}, "siamese": {"lr": 0.5},
+                            "variants": {"only": {"classic": True}}})
+    assert merged["data"] == {"image_size": 28, "download": {"base_url": "v", "md5": {"a": "1"}}}
+    assert merged["siamese"] == {"lr": 0.5, "seed": 0}
+    # `variants` is replaced whole: a profile lists exactly the variants it runs.
+    assert merged["variants"] == {"only": {"classic": True}}
+    assert base["data"]["download"]["base_url"] == "u" and base["siamese"]["lr"] == 0.1  # base left untouched
+
+
+def test_overlay_refuses_unknown_keys_with_their_dotted_name() -> None:
+    base = {"data": {"image_size": 28, "download": {"base_url": "u"}}}
+    with pytest.raises(ParamsError, match=r"profile sets `data\.download\.mirror`, which params\.yaml does not have"):
+        overlay(base, {"data": {"download": {"mirror": "x"}}})
+    with pytest.raises(ParamsError, match=r"`datta`"):
+        overlay(base, {"datta": {}})
+
+
+def test_smoke_profile_overlays_the_project_params() -> None:
+    params = load_params(ROOT / "params.yaml")
+    merged = overlay(params, yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text()))
+    assert section(merged, DataConfig, "data").max_classes_per_alphabet == 20
+    assert merged["data"]["download"] == params["data"]["download"]

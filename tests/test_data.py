@@ -1,0 +1,401 @@
+"""Omniglot: preprocessing, finding or downloading the zips, listing and decoding them, and the prepared split."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import socket
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from pipeline.config import DataConfig, DownloadConfig, load_params, section
+from pipeline.data import (
+    DRAWERS,
+    ROLES,
+    SPLITS,
+    DataError,
+    OmniglotSet,
+    decode_members,
+    list_zip,
+    locate_zips,
+    prepare_omniglot,
+    preprocess_image,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_MD5 = {"images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+                "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811"}
+ZIP_NAMES = [f"{s}.zip" for s in SPLITS]
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def drawing(mode: str = "1", size: tuple[int, int] = (105, 105)) -> Image.Image:
+    """White page with a black bar over the left half: strokes on the left, background on the right."""
+    image = Image.new(mode, size, "white")
+    ImageDraw.Draw(image).rectangle([0, 0, size[0] // 2 - 1, size[1] - 1], fill="black")
+    return image
+
+
+# ---------------------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA"])
+@pytest.mark.parametrize("size", [(105, 105), (40, 64), (300, 200)])
+def test_preprocess_image_makes_strokes_high_and_background_zero(mode: str, size: tuple[int, int]) -> None:
+    out = preprocess_image(drawing(mode, size), 28)
+    assert out.dtype == np.uint8 and out.shape == (28, 28)
+    assert (out[:, :13] == 255).all()  # strokes (the black left half)
+    assert (out[:, 15:] == 0).all()  # white background
+
+
+def test_preprocess_image_keeps_thin_strokes_as_grey() -> None:
+    image = Image.new("1", (105, 105), "white")
+    ImageDraw.Draw(image).line([(52, 0), (52, 104)], fill="black", width=1)
+    out = preprocess_image(image, 28)
+    assert out.max() > 0, "a 1-pixel stroke vanished when shrinking 105 -> 28"
+    assert out.max() < 255  # averaged over the 3.75 pixels each output pixel covers
+    assert (out[:, :10] == 0).all()
+
+
+def test_preprocess_image_of_a_real_drawing(omniglot_zips: dict[str, Path]) -> None:
+    with zipfile.ZipFile(omniglot_zips["images_background"]) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".png"))
+        with Image.open(io.BytesIO(archive.read(name))) as image:
+            assert image.mode == "1" and image.size == (105, 105)
+            out = preprocess_image(image, 28)
+    # Omniglot is mostly white page: background 0 dominates, and some stroke pixels are bright.
+    assert (out == 0).mean() > 0.5
+    assert out.max() > 128
+
+
+# ---------------------------------------------------------------------------- locating the zips
+
+
+def test_locate_zips_omniglot_dir_not_a_folder(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    with pytest.raises(DataError, match=r"OMNIGLOT_DIR=.*file\.txt is not a folder"):
+        locate_zips(DataConfig(), env={"OMNIGLOT_DIR": str(not_a_folder)})
+    with pytest.raises(DataError, match="is not a folder"):
+        locate_zips(DataConfig(), env={"OMNIGLOT_DIR": str(tmp_path / "absent")})
+
+
+def test_locate_zips_folder_missing_a_zip_names_it(tmp_path: Path, omniglot_dir: Path) -> None:
+    (tmp_path / "images_background.zip").symlink_to(omniglot_dir / "images_background.zip")
+    with pytest.raises(DataError) as err:
+        locate_zips(DataConfig(), env={"OMNIGLOT_DIR": str(tmp_path)})
+    msg = str(err.value)
+    assert "has no images_evaluation.zip" in msg
+    assert "has no images_background.zip" not in msg
+
+
+def test_locate_zips_from_omniglot_dir(omniglot_dir: Path) -> None:
+    zips = locate_zips(DataConfig(local_dir="/nonexistent"), env={"OMNIGLOT_DIR": str(omniglot_dir)})
+    assert zips == {s: omniglot_dir / f"{s}.zip" for s in SPLITS}
+
+
+def test_locate_zips_from_local_dir_when_omniglot_dir_unset(tmp_path: Path, omniglot_dir: Path) -> None:
+    for name in ZIP_NAMES:
+        (tmp_path / name).symlink_to(omniglot_dir / name)
+    assert locate_zips(DataConfig(local_dir=str(tmp_path)), env={}) == {s: tmp_path / f"{s}.zip" for s in SPLITS}
+
+
+def test_locate_zips_without_zips_or_download_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"set OMNIGLOT_DIR or configure data\.download"):
+        locate_zips(DataConfig(local_dir=str(tmp_path)), env={})
+
+
+# ---------------------------------------------------------------------------- downloading
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def omniglot_server(omniglot_dir: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving the shared Omniglot folder; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler,
+                                                                                   directory=str(omniglot_dir)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def shared_md5(omniglot_dir: Path) -> dict[str, str]:
+    return {name: md5_of(omniglot_dir / name) for name in ZIP_NAMES}
+
+
+def test_download_fetches_both_zips_byte_for_byte(tmp_path: Path, omniglot_dir: Path, omniglot_server: str,
+                                                  shared_md5: dict[str, str]) -> None:
+    local = tmp_path / "raw" / "omniglot"
+    cfg = DataConfig(local_dir=str(local), download=DownloadConfig(base_url=omniglot_server + "/", md5=shared_md5))
+    zips = locate_zips(cfg, env={})
+    assert zips == {s: local / f"{s}.zip" for s in SPLITS}
+    for name in ZIP_NAMES:
+        assert (local / name).read_bytes() == (omniglot_dir / name).read_bytes()
+    assert sorted(p.name for p in local.iterdir()) == ZIP_NAMES  # no .part left over
+    # A second call finds them and downloads nothing, even with the server's URL gone.
+    offline = DataConfig(local_dir=str(local), download=DownloadConfig(base_url="http://127.0.0.1:9/", md5={}))
+    assert locate_zips(offline, env={}) == zips
+
+
+def test_download_with_wrong_md5_leaves_nothing(tmp_path: Path, omniglot_server: str,
+                                                shared_md5: dict[str, str]) -> None:
+    local = tmp_path / "raw"
+    wrong = {name: "0" * 32 for name in shared_md5}
+    cfg = DataConfig(local_dir=str(local), download=DownloadConfig(base_url=omniglot_server, md5=wrong))
+    with pytest.raises(DataError) as err:
+        locate_zips(cfg, env={})
+    msg = str(err.value)
+    assert f"MD5 {shared_md5['images_background.zip']} does not match the expected {'0' * 32}" in msg
+    assert "images_background.zip" in msg
+    assert list(local.iterdir()) == []
+
+
+def test_download_without_a_checksum_for_a_zip_refuses(tmp_path: Path, omniglot_server: str) -> None:
+    cfg = DataConfig(local_dir=str(tmp_path), download=DownloadConfig(base_url=omniglot_server, md5={}))
+    with pytest.raises(DataError, match=r"`data\.download\.md5` has no checksum for images_background\.zip"):
+        locate_zips(cfg, env={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_of_a_missing_file_is_a_data_error(tmp_path: Path, omniglot_server: str,
+                                                    shared_md5: dict[str, str]) -> None:
+    cfg = DataConfig(local_dir=str(tmp_path),
+                     download=DownloadConfig(base_url=omniglot_server + "/no/such/folder", md5=shared_md5))
+    with pytest.raises(DataError, match=r"could not download .*/no/such/folder/images_background\.zip: HTTP Error 404"):
+        locate_zips(cfg, env={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_from_an_unreachable_url_says_so(tmp_path: Path, shared_md5: dict[str, str]) -> None:
+    # A bound but not listening socket: connecting to its port is refused, and no other process can take it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/omniglot"
+        cfg = DataConfig(local_dir=str(tmp_path / "raw"), download=DownloadConfig(base_url=url, md5=shared_md5))
+        with pytest.raises(DataError) as err:
+            locate_zips(cfg, env={})
+    msg = str(err.value)
+    assert f"could not download {url}/images_background.zip" in msg
+    assert "refused" in msg.lower()
+    assert "Set OMNIGLOT_DIR" in msg
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+def test_project_params_carry_the_official_md5s() -> None:
+    download = section(load_params(ROOT / "params.yaml"), DataConfig, "data").download
+    assert download is not None
+    assert download.md5 == OFFICIAL_MD5
+    assert download.base_url.startswith("https://")
+    # Read raw too: the checksums must be in the file itself, not a default.
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["data"]["download"]["md5"] == OFFICIAL_MD5
+
+
+# ---------------------------------------------------------------------------- listing and decoding
+
+
+def test_list_zip_real_background(omniglot_zips: dict[str, Path]) -> None:
+    listing = list_zip(omniglot_zips["images_background"], "images_background")
+    assert len({info.alphabet for info in listing}) == 30
+    assert len(listing) == 964
+    assert all(len(members) == DRAWERS for members in listing.values())
+    assert all(info.split == "images_background" for info in listing)
+    # Members are in drawer order: XXXX_01.png ... XXXX_20.png.
+    first_info, first = next(iter(listing.items()))
+    assert [m[-6:-4] for m in first] == [f"{d:02d}" for d in range(1, DRAWERS + 1)]
+    assert all(m.startswith(f"images_background/{first_info.alphabet}/{first_info.character}/") for m in first)
+
+
+def test_list_zip_of_the_wrong_split_names_the_member(omniglot_zips: dict[str, Path]) -> None:
+    with pytest.raises(DataError, match=r"member 'images_background/.*\.png' is not in the official layout"):
+        list_zip(omniglot_zips["images_background"], "images_evaluation")
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def official_members(split: str, alphabet: str, character: str, char_id: int) -> dict[str, bytes]:
+    page = png_bytes(drawing())
+    return {f"{split}/{alphabet}/{character}/{char_id:04d}_{d:02d}.png": page for d in range(1, DRAWERS + 1)}
+
+
+def test_list_zip_wrong_layout_names_the_member(tmp_path: Path) -> None:
+    members = official_members("images_background", "Greek", "character01", 1)
+    members["images_background/Greek/0001_01.png"] = png_bytes(drawing())  # no character folder
+    path = write_zip(tmp_path / "images_background.zip", members)
+    with pytest.raises(DataError, match=r"member 'images_background/Greek/0001_01\.png' is not in the official layout"):
+        list_zip(path, "images_background")
+
+
+def test_list_zip_counts_drawings_per_character(tmp_path: Path) -> None:
+    members = official_members("images_background", "Greek", "character01", 1)
+    del members["images_background/Greek/character01/0001_07.png"]
+    path = write_zip(tmp_path / "images_background.zip", members)
+    with pytest.raises(DataError, match=r"Greek/character01 has 19 drawings, expected 20"):
+        list_zip(path, "images_background")
+
+
+def test_list_zip_of_a_non_zip(tmp_path: Path) -> None:
+    path = tmp_path / "images_background.zip"
+    path.write_bytes(b"<html>404</html>")
+    with pytest.raises(DataError, match="not a readable zip"):
+        list_zip(path, "images_background")
+
+
+def test_decode_members_names_a_corrupt_png(tmp_path: Path) -> None:
+    members = official_members("images_evaluation", "Atlantean", "character03", 965)
+    bad = "images_evaluation/Atlantean/character03/0965_12.png"
+    members[bad] = b"\x89PNG\r\n\x1a\n" + b"garbage" * 20
+    path = write_zip(tmp_path / "images_evaluation.zip", members)
+    listing = list_zip(path, "images_evaluation")  # the layout is fine: only decoding finds the damage
+    (names,) = listing.values()
+    assert bad in names
+    good = decode_members(path, names[:11], 28, desc="test")
+    assert good.shape == (11, 28, 28) and (good[:, :, :13] == 255).all()
+    with pytest.raises(DataError, match=rf"{bad}.* is not a readable PNG"):
+        decode_members(path, names, 28, desc="test")
+
+
+# ---------------------------------------------------------------------------- the prepared set
+
+
+def test_prepare_small_subset_roles(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    dataset, manifest = tiny_omniglot
+    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 40, "train": 20, "novel": 40}
+    assert manifest["classes"] == {"source": 40, "train": 20, "novel": 40}
+    assert manifest["images"] == {"source": 800, "train": 400, "novel": 800}
+    assert dataset.images.shape == (2000, 28, 28) and dataset.images.dtype == np.uint8
+    assert len(dataset.labels) == len(dataset.drawers) == 2000
+    for c in range(len(dataset.class_role)):
+        assert sorted(dataset.drawers[dataset.labels == c]) == list(range(DRAWERS))
+    assert {r: len(a) for r, a in manifest["alphabets"].items()} == {"source": 20, "train": 10, "novel": 20}
+    # Strokes high on a black background: most pixels are 0, each drawing has some ink.
+    assert (dataset.images == 0).mean() > 0.5
+    assert (dataset.images.reshape(2000, -1).max(axis=1) > 0).all()
+
+
+def test_manifest_alphabets_are_disjoint_and_split_by_zip(tiny_omniglot: tuple[OmniglotSet, dict],
+                                                          omniglot_zips: dict[str, Path]) -> None:
+    dataset, manifest = tiny_omniglot
+    source, train, novel = (set(manifest["alphabets"][r]) for r in ROLES)
+    assert not (source & train) and not (source & novel) and not (train & novel)
+    background = {i.alphabet for i in list_zip(omniglot_zips["images_background"], "images_background")}
+    assert source | train == background
+    assert not novel & background
+    for r in ROLES:
+        assert set(dataset.class_alphabet[dataset.classes(r)]) == set(manifest["alphabets"][r])
+    assert manifest["zips"]["images_background"]["sha256"] == \
+        "893d6690ed806e2bbef92262130b80a7975e48ef4039c7469b136062ae2c18f7"
+
+
+def test_each_train_class_has_one_exemplar(tiny_omniglot: tuple[OmniglotSet, dict],
+                                           omniglot_zips: dict[str, Path]) -> None:
+    dataset, manifest = tiny_omniglot
+    train = dataset.classes("train")
+    assert (dataset.exemplar_drawer[train] >= 0).all() and (dataset.exemplar_drawer[train] < DRAWERS).all()
+    assert (dataset.exemplar_drawer[np.setdiff1d(np.arange(len(dataset.class_role)), train)] == -1).all()
+    exemplars = dataset.exemplar_indices()
+    assert len(exemplars) == len(train)
+    assert list(dataset.labels[exemplars]) == list(train)
+    assert list(dataset.drawers[exemplars]) == list(dataset.exemplar_drawer[train])
+    assert len(set(dataset.exemplar_drawer[train])) > 1, "every class got the same exemplar drawer"
+    # The exemplar is the drawing the manifest names (drawer numbers 1..20, as in the file names).
+    listing = list_zip(omniglot_zips["images_background"], "images_background")
+    by_name = {(i.alphabet, i.character): names for i, names in listing.items()}
+    assert len(manifest["exemplars"]) == len(train)
+    for idx in exemplars[:5]:
+        c = dataset.labels[idx]
+        key = f"{dataset.class_alphabet[c]}/{dataset.class_character[c]}"
+        drawer = manifest["exemplars"][key]
+        assert drawer == dataset.exemplar_drawer[c] + 1
+        member = by_name[(dataset.class_alphabet[c], dataset.class_character[c])][drawer - 1]
+        assert member.endswith(f"_{drawer:02d}.png")
+        expected = decode_members(omniglot_zips["images_background"], [member], 28, desc="test")[0]
+        np.testing.assert_array_equal(dataset.images[idx], expected)
+
+
+def test_prepare_is_seeded(omniglot_zips: dict[str, Path], tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    dataset, manifest = tiny_omniglot
+    again, again_manifest = prepare_omniglot(omniglot_zips, DataConfig(max_classes_per_alphabet=2))
+    assert again_manifest == manifest
+    np.testing.assert_array_equal(again.exemplar_drawer, dataset.exemplar_drawer)
+    np.testing.assert_array_equal(again.images, dataset.images)
+
+    other_split = prepare_omniglot(omniglot_zips, DataConfig(max_classes_per_alphabet=2, split_seed=1))[1]
+    assert set(other_split["alphabets"]["train"]) != set(manifest["alphabets"]["train"])
+    assert len(other_split["alphabets"]["train"]) == 10
+    assert other_split["alphabets"]["novel"] == manifest["alphabets"]["novel"]  # evaluation alphabets never move
+
+    other_exemplars = prepare_omniglot(omniglot_zips, DataConfig(max_classes_per_alphabet=2, exemplar_seed=1))[1]
+    assert other_exemplars["alphabets"] == manifest["alphabets"]
+    assert other_exemplars["exemplars"].keys() == manifest["exemplars"].keys()
+    assert other_exemplars["exemplars"] != manifest["exemplars"]
+
+
+def test_too_many_source_alphabets_for_the_zip(tmp_path: Path) -> None:
+    bg = official_members("images_background", "Greek", "character01", 1)
+    bg.update(official_members("images_background", "Latin", "character01", 2))
+    ev = official_members("images_evaluation", "Atlantean", "character01", 965)
+    zips = {"images_background": write_zip(tmp_path / "images_background.zip", bg),
+            "images_evaluation": write_zip(tmp_path / "images_evaluation.zip", ev)}
+    with pytest.raises(DataError, match=r"2 background alphabets, but data\.n_source_alphabets=2 leaves none"):
+        prepare_omniglot(zips, DataConfig(n_source_alphabets=2))
+    dataset, manifest = prepare_omniglot(zips, DataConfig(n_source_alphabets=1, image_size=16))
+    assert manifest["classes"] == {"source": 1, "train": 1, "novel": 1}
+    assert dataset.images.shape == (60, 16, 16)
+
+
+def test_omniglot_set_save_load_round_trip(tiny_omniglot: tuple[OmniglotSet, dict], tmp_path: Path) -> None:
+    dataset, _ = tiny_omniglot
+    path = tmp_path / "omniglot.npz"
+    dataset.save(path)
+    loaded = OmniglotSet.load(path)
+    for name in ("images", "labels", "drawers", "class_alphabet", "class_character", "class_role",
+                 "exemplar_drawer"):
+        original, back = getattr(dataset, name), getattr(loaded, name)
+        assert back.dtype == original.dtype, name
+        np.testing.assert_array_equal(back, original, err_msg=name)
+    np.testing.assert_array_equal(loaded.exemplar_indices(), dataset.exemplar_indices())
+    np.testing.assert_array_equal(loaded.indices("novel"), dataset.indices("novel"))
+
+
+def test_omniglot_set_load_missing_says_which_stage(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"prepared data not found; run `dvc repro prepare`"):
+        OmniglotSet.load(tmp_path / "omniglot.npz")
+
+
+def test_unknown_role_is_refused(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    with pytest.raises(ValueError, match="role 'test' is not one of"):
+        tiny_omniglot[0].classes("test")

@@ -1,0 +1,116 @@
+"""The numbers the evaluate stage reports, on hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation import EvaluationConfig, class_consistency, mean_pairwise_distance, summarize
+
+CFG = EvaluationConfig(ways=(20, 5), baseline="baseline")
+
+
+def ci95(values: list[float]) -> float:
+    return 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values))
+
+
+def test_summarize_means_cis_and_paired_delta() -> None:
+    base20, base5 = [0.2, 0.4, 0.6, 0.8], [0.5, 0.5, 1.0, 1.0]
+    vae20, vae5 = [0.3, 0.3, 0.9, 0.9], [1.0, 1.0, 1.0, 1.0]
+    accuracy = {
+        "baseline": {"20way": np.array(base20), "5way": np.array(base5)},
+        "vae": {"20way": np.array(vae20), "5way": np.array(vae5)},
+    }
+    metrics = summarize(accuracy, CFG)
+    assert list(metrics) == ["baseline", "vae"]
+    b, v = metrics["baseline"], metrics["vae"]
+    assert set(b) == {"acc_20way", "acc_20way_ci95", "acc_5way", "acc_5way_ci95"}
+    assert b["acc_20way"] == pytest.approx(0.5) and b["acc_5way"] == pytest.approx(0.75)
+    assert b["acc_20way_ci95"] == pytest.approx(ci95(base20), abs=1e-5)
+    assert b["acc_5way_ci95"] == pytest.approx(ci95(base5), abs=1e-5)
+    assert v["acc_20way"] == pytest.approx(0.6) and v["acc_5way"] == pytest.approx(1.0)
+    assert v["acc_5way_ci95"] == 0.0
+    # The delta is on the headline protocol (the first of `ways`), and its CI is the paired one:
+    # per-episode differences [0.1, -0.1, 0.3, 0.1], not the two CIs combined.
+    diffs = [0.1, -0.1, 0.3, 0.1]
+    assert v["delta_20way_vs_baseline"] == pytest.approx(0.1)
+    assert v["delta_20way_vs_baseline_ci95"] == pytest.approx(ci95(diffs), abs=1e-5)
+    unpaired = np.hypot(ci95(base20), ci95(vae20))
+    assert abs(v["delta_20way_vs_baseline_ci95"] - unpaired) > 0.05
+    assert "delta_5way_vs_baseline" not in v
+
+
+def test_summarize_delta_of_a_constant_shift_has_zero_ci() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.7, size=50)
+    accuracy = {"baseline": {"20way": base}, "better": {"20way": base + 0.25}}
+    m = summarize(accuracy, EvaluationConfig(ways=(20,)))
+    assert m["better"]["delta_20way_vs_baseline"] == pytest.approx(0.25)
+    assert m["better"]["delta_20way_vs_baseline_ci95"] == 0.0
+    assert m["better"]["acc_20way_ci95"] == m["baseline"]["acc_20way_ci95"] > 0.02
+
+
+def test_summarize_rounds_to_five_decimals() -> None:
+    accuracy = {"baseline": {"20way": np.array([1 / 3, 2 / 3, 1 / 7])}}
+    value = summarize(accuracy, EvaluationConfig(ways=(20,)))["baseline"]["acc_20way"]
+    assert value == round((1 / 3 + 2 / 3 + 1 / 7) / 3, 5)
+
+
+def test_summarize_headline_follows_ways_and_baseline_name() -> None:
+    accuracy = {"real": {"5way": np.array([0.4, 0.6]), "20way": np.array([0.1, 0.3])},
+                "gan": {"5way": np.array([0.6, 0.8]), "20way": np.array([0.0, 0.0])}}
+    m = summarize(accuracy, EvaluationConfig(ways=(5, 20), baseline="real"))
+    assert m["gan"]["delta_5way_vs_real"] == pytest.approx(0.2)
+    assert m["gan"]["delta_5way_vs_real_ci95"] == 0.0
+    assert "delta_5way_vs_real" not in m["real"]
+
+
+def test_summarize_unknown_baseline_is_refused_naming_the_variants() -> None:
+    accuracy = {"classic": {"20way": np.array([0.5, 0.5])}, "vae": {"20way": np.array([0.5, 0.6])}}
+    expected = r"evaluation\.baseline='baseline' is not among the variants \['classic', 'vae'\]"
+    with pytest.raises(ValueError, match=expected):
+        summarize(accuracy, CFG)
+
+
+def test_mean_pairwise_distance_known_value() -> None:
+    points = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])  # pairwise distances 3, 4, 5
+    assert mean_pairwise_distance(points) == pytest.approx(4.0, abs=1e-4)
+    assert mean_pairwise_distance(points.double()) == pytest.approx(4.0, abs=1e-4)
+    assert mean_pairwise_distance(torch.zeros(5, 3)) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(mean_pairwise_distance(points[:1]))
+
+
+def orthonormal(k: int, dim: int = 32, seed: int = 0) -> torch.Tensor:
+    """[k, dim] orthonormal rows: each exemplar is unambiguously nearest to itself."""
+    q, _ = torch.linalg.qr(torch.randn(dim, k, generator=torch.Generator().manual_seed(seed)))
+    return q.T.contiguous()
+
+
+def test_class_consistency_is_one_when_drawings_equal_their_exemplars() -> None:
+    exemplars = orthonormal(8)
+    own = np.repeat(np.arange(8), 3)  # [M = 24], three drawings per exemplar
+    score = class_consistency(exemplars[own], own, exemplars, n_way=5, rng=np.random.default_rng(0))
+    assert score == 1.0
+
+
+def test_class_consistency_is_zero_when_drawings_equal_other_exemplars() -> None:
+    exemplars = orthonormal(5)
+    own = np.repeat(np.arange(5), 4)
+    looks_like = (own + 1) % 5  # each drawing is a copy of the next class's exemplar
+    # n_way = all 5 exemplars: the look-alike is always among the alternatives, so every drawing is a miss.
+    score = class_consistency(exemplars[looks_like], own, exemplars, n_way=5, rng=np.random.default_rng(0))
+    assert score == 0.0
+
+
+def test_class_consistency_counts_partial_hits() -> None:
+    exemplars = orthonormal(4)
+    own = np.array([0, 1, 2, 3])
+    embed = exemplars[[0, 1, 3, 2]]  # two right, two swapped
+    assert class_consistency(embed, own, exemplars, n_way=4, rng=np.random.default_rng(1)) == 0.5
+
+
+def test_class_consistency_needs_n_way_exemplars() -> None:
+    exemplars = orthonormal(3)
+    with pytest.raises(ValueError, match="needs 5 exemplars, only 3 are available"):
+        class_consistency(exemplars, np.arange(3), exemplars, n_way=5, rng=np.random.default_rng(0))

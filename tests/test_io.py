@@ -1,0 +1,108 @@
+"""Atomic outputs: an interrupted write leaves the old output whole and no temporary files behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.io import atomic_dir, atomic_path, read_json, write_json
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_atomic_path_success_creates_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "metrics.json"  # the parent is created too
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        assert tmp.suffix == ".json"  # writers that pick a format from the suffix still work
+        tmp.write_text("new")
+        assert not target.exists()  # nothing appears before the body is done
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["metrics.json"]
+
+
+def test_atomic_path_success_replaces_old_content(tmp_path: Path) -> None:
+    target = tmp_path / "model.ckpt"
+    target.write_text("old")
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+        assert target.read_text() == "old"
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]
+
+
+def test_atomic_path_failure_keeps_old_content_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "model.ckpt"
+    target.write_text("old")
+    with pytest.raises(Interrupted), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise Interrupted
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]
+
+
+def test_atomic_path_failure_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(Interrupted), atomic_path(tmp_path / "out.npz") as tmp:
+        tmp.write_bytes(b"partial")
+        raise Interrupted
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_tree(folder: Path, tag: str) -> None:
+    (folder / "nested").mkdir(parents=True, exist_ok=True)
+    (folder / "a.txt").write_text(f"{tag} a")
+    (folder / "nested" / "b.txt").write_text(f"{tag} b")
+
+
+def read_tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_atomic_dir_success_creates_the_folder(tmp_path: Path) -> None:
+    target = tmp_path / "data" / "prepared"
+    with atomic_dir(target) as tmp:
+        assert tmp.is_dir() and tmp.parent == target.parent
+        write_tree(tmp, "new")
+        assert not target.exists()
+    assert read_tree(target) == {"a.txt": "new a", "nested/b.txt": "new b"}
+    assert [p.name for p in target.parent.iterdir()] == ["prepared"]
+
+
+def test_atomic_dir_success_replaces_the_folder_whole(tmp_path: Path) -> None:
+    target = tmp_path / "prepared"
+    write_tree(target, "old")
+    (target / "stale.txt").write_text("from an earlier run")
+    with atomic_dir(target) as tmp:
+        write_tree(tmp, "new")
+        assert read_tree(target)["a.txt"] == "old a"
+    assert read_tree(target) == {"a.txt": "new a", "nested/b.txt": "new b"}  # no stale file survives
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # no .prepared.old or temp folder
+
+
+def test_atomic_dir_failure_keeps_old_content_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "prepared"
+    write_tree(target, "old")
+    with pytest.raises(Interrupted), atomic_dir(target) as tmp:
+        write_tree(tmp, "new")
+        raise Interrupted
+    assert read_tree(target) == {"a.txt": "old a", "nested/b.txt": "old b"}
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+
+
+def test_atomic_dir_failure_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(Interrupted), atomic_dir(tmp_path / "prepared") as tmp:
+        write_tree(tmp, "new")
+        raise Interrupted
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_round_trip_and_missing_file(tmp_path: Path) -> None:
+    data = {"baseline": {"acc_20way": 0.5, "acc_20way_ci95": 0.01}, "order": [3, 1, 2]}
+    write_json(tmp_path / "metrics.json", data)
+    assert read_json(tmp_path / "metrics.json") == data
+    assert list(data) == list(read_json(tmp_path / "metrics.json"))  # key order kept for DVC's table
+    with pytest.raises(FileNotFoundError, match=r"nope\.json: not found; run the stage that writes it"):
+        read_json(tmp_path / "nope.json")
