@@ -1,0 +1,360 @@
+"""Siamese network: shapes, seeding, checkpoints, config errors, pair batches, overfitting, the few-shot API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.config import ParamsError, from_dict
+from pipeline.generators import save_generator
+from pipeline.generators.vae import ExemplarVAE
+from pipeline.siamese import (
+    LOSSES,
+    PairBatches,
+    SiameseClassifier,
+    SiameseConfig,
+    SiameseModule,
+    SiameseNet,
+    load_siamese,
+    save_siamese,
+    to_tensor,
+)
+
+SIZE = 28
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny networks run fastest on one thread, and the result does not depend on how busy the machine is."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_net(loss: str, seed: int = 0, image_size: int = SIZE) -> SiameseNet:
+    torch.manual_seed(seed)
+    return SiameseNet(image_size, channels=8, embedding_dim=16, loss=loss).eval()
+
+
+def random_images(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
+    """Binary images [n, 1, size, size] in 0..1, fixed by the seed."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, size, size, generator=g) < 0.3).float()
+
+
+# ---------------------------------------------------------------------------- the network
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_output_shapes(loss: str) -> None:
+    net = tiny_net(loss)
+    a, b = random_images(5, seed=1), random_images(3, seed=2)
+    with torch.no_grad():
+        ea, eb = net.embed(a), net.embed(b)
+        assert ea.shape == (5, 16) and eb.shape == (3, 16)
+        assert net.similarity(ea, eb).shape == (5, 3)
+        assert net(a, random_images(5, seed=3)).shape == (5,)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_forward_is_the_diagonal_of_similarity(loss: str) -> None:
+    net = tiny_net(loss)
+    a, b = random_images(4, seed=1), random_images(4, seed=2)
+    with torch.no_grad():
+        pairwise = net(a, b)
+        full = net.similarity(net.embed(a), net.embed(b))
+    torch.testing.assert_close(pairwise, full.diagonal())
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "triplet"])
+def test_metric_loss_embeddings_are_unit_norm(loss: str) -> None:
+    with torch.no_grad():
+        e = tiny_net(loss).embed(random_images(6, seed=1))
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(6))
+
+
+def test_only_the_bce_loss_has_a_head() -> None:
+    assert tiny_net("bce").head is not None
+    assert tiny_net("contrastive").head is None
+    assert tiny_net("triplet").head is None
+
+
+@pytest.mark.parametrize("image_size", [4, 8, 15])
+def test_too_small_image_size_is_refused(image_size: int) -> None:
+    with pytest.raises(ValueError, match=f"image_size={image_size} is too small"):
+        SiameseNet(image_size, channels=8, embedding_dim=16)
+
+
+def test_smallest_image_size_works() -> None:
+    net = tiny_net("contrastive", image_size=16)
+    with torch.no_grad():
+        assert net.embed(random_images(2, seed=0, size=16)).shape == (2, 16)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_same_seed_same_weights_and_outputs(loss: str) -> None:
+    first, second, other = tiny_net(loss, seed=3), tiny_net(loss, seed=3), tiny_net(loss, seed=4)
+    for (name, p), q in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    x, y = random_images(4, seed=1), random_images(4, seed=2)
+    with torch.no_grad():
+        assert torch.equal(first(x, y), second(x, y))
+        assert not torch.allclose(first(x, y), other(x, y))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_save_load_round_trip(loss: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = SiameseNet(32, channels=4, embedding_dim=8, loss=loss).eval()
+    path = tmp_path / "siamese.pt"
+    save_siamese(net, str(path), extra={"variant": "classic"})
+
+    loaded, ckpt = load_siamese(str(path))  # nothing but the file: the config comes with it
+    assert loaded.config == {"image_size": 32, "channels": 4, "embedding_dim": 8, "loss": loss}
+    assert ckpt["variant"] == "classic"
+    assert not loaded.training
+    x, y = random_images(3, seed=1, size=32), random_images(3, seed=2, size=32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, y), net(x, y))
+        assert torch.equal(loaded.embed(x), net.embed(x))
+
+
+def test_load_siamese_refuses_a_plain_dict(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": tiny_net("contrastive").state_dict()}, path)
+    with pytest.raises(ValueError, match=r"weights\.pt: not a Siamese checkpoint"):
+        load_siamese(str(path))
+
+
+def test_load_siamese_refuses_a_generator_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "generator.pt"
+    save_generator("vae", ExemplarVAE(16, latent_dim=2, widths=(8, 16)), path)
+    with pytest.raises(ValueError, match=r"generator\.pt: not a Siamese checkpoint"):
+        load_siamese(str(path))
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_from_params() -> None:
+    cfg = from_dict(SiameseConfig, {"loss": "triplet", "lr": 0.01, "batch_classes": 2}, "siamese")
+    assert (cfg.loss, cfg.lr, cfg.batch_classes) == ("triplet", 0.01, 2)
+
+
+def test_unknown_loss_names_the_key_and_the_choices() -> None:
+    with pytest.raises(ParamsError, match=r"`siamese\.loss` = 'hinge'") as info:
+        from_dict(SiameseConfig, {"loss": "hinge"}, "siamese")
+    for allowed in LOSSES:
+        assert allowed in str(info.value)
+
+
+@pytest.mark.parametrize("lr", [0, 0.0, -1e-3])
+def test_lr_must_be_positive(lr: float) -> None:
+    with pytest.raises(ParamsError, match=r"`siamese\.lr`.*> 0"):
+        from_dict(SiameseConfig, {"lr": lr}, "siamese")
+
+
+@pytest.mark.parametrize("batch_classes", [1, 0, -4])
+def test_batch_classes_at_least_two(batch_classes: int) -> None:
+    with pytest.raises(ParamsError, match=r"`siamese\.batch_classes`.*at least 2"):
+        from_dict(SiameseConfig, {"batch_classes": batch_classes}, "siamese")
+
+
+# ---------------------------------------------------------------------------- pair batches
+
+
+def coded_pools(sizes: list[int], size: int = 8) -> list[np.ndarray]:
+    """Pool c holds sizes[c] constant images; drawing j of class c has the value 50 c + 10 j + 5."""
+    return [np.stack([np.full((size, size), 50 * c + 10 * j + 5, np.uint8) for j in range(n)])
+            for c, n in enumerate(sizes)]
+
+
+def decode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """[P, 1, S, S] of coded constant images -> (class [P], drawing [P])."""
+    values = (x * 255).round().to(torch.int64)
+    assert torch.equal(values, values[:, :, :1, :1].expand_as(values)), "an image is not constant"
+    v = values[:, 0, 0, 0].numpy()
+    return v // 50, (v % 50) // 10
+
+
+def batches(dataset: PairBatches, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(islice(iter(dataset), n))
+
+
+def test_pair_batches_shapes_and_range() -> None:
+    x1, x2 = next(iter(PairBatches(coded_pools([3, 3, 3, 3]), batch_classes=3, seed=0)))
+    for x in (x1, x2):
+        assert x.shape == (3, 1, 8, 8) and x.dtype == torch.float32
+        assert float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_pair_rows_share_a_class_with_distinct_drawings() -> None:
+    sizes = [2, 3, 1, 4, 5]
+    for x1, x2 in batches(PairBatches(coded_pools(sizes), batch_classes=4, seed=1), 30):
+        c1, j1 = decode(x1)
+        c2, j2 = decode(x2)
+        np.testing.assert_array_equal(c1, c2)
+        assert len(set(c1)) == 4, "a class appears twice in one batch"
+        for c, a, b in zip(c1, j1, j2, strict=True):
+            assert a < sizes[c] and b < sizes[c]
+            assert (a != b) if sizes[c] > 1 else (a == b == 0)
+
+
+def test_pair_batches_cover_every_class_and_drawing() -> None:
+    seen: set[tuple[int, int]] = set()
+    for x1, x2 in batches(PairBatches(coded_pools([2, 3, 4]), batch_classes=2, seed=0), 50):
+        for x in (x1, x2):
+            seen.update(zip(*(a.tolist() for a in decode(x)), strict=True))
+    assert seen == {(c, j) for c, n in enumerate([2, 3, 4]) for j in range(n)}
+
+
+def test_pair_batches_are_seeded() -> None:
+    pools = coded_pools([4, 4, 4, 4, 4])
+    first = batches(PairBatches(pools, batch_classes=3, seed=7), 5)
+    again = batches(PairBatches(pools, batch_classes=3, seed=7), 5)
+    other = batches(PairBatches(pools, batch_classes=3, seed=8), 5)
+    assert all(torch.equal(a, b) for pa, pb in zip(first, again, strict=True) for a, b in zip(pa, pb, strict=True))
+    assert not all(torch.equal(a, b) for pa, pb in zip(first, other, strict=True) for a, b in zip(pa, pb, strict=True))
+
+
+def test_batch_classes_larger_than_the_classes_is_refused() -> None:
+    expected = r"batch_classes=4 is larger than the 3 training classes; lower it to at most 3"
+    with pytest.raises(ValueError, match=expected):
+        PairBatches(coded_pools([2, 2, 2]), batch_classes=4, seed=0)
+
+
+def test_an_empty_pool_is_refused() -> None:
+    pools = [*coded_pools([2, 2]), np.empty((0, 8, 8), np.uint8)]
+    with pytest.raises(ValueError, match="no images"):
+        PairBatches(pools, batch_classes=2, seed=0)
+
+
+def stroke_pools(n_classes: int = 4) -> list[np.ndarray]:
+    """Two drawings per class of a bar-and-blob shape, away from the border."""
+    pools = []
+    for c in range(n_classes):
+        img = np.zeros((SIZE, SIZE), np.uint8)
+        img[6:22, 12 + c % 3: 15 + c % 3] = 255
+        img[8 + c: 12 + c, 6:22] = 255
+        pools.append(np.stack([img, np.roll(img, 1, axis=1)]))
+    return pools
+
+
+def test_classic_transform_changes_images_and_is_seeded() -> None:
+    cfg = ClassicAugmentConfig()
+    image = stroke_pools()[0][0]
+    out = classic_transform(cfg, seed=3)(image=image)["image"]
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, image)
+    np.testing.assert_array_equal(classic_transform(cfg, seed=3)(image=image)["image"], out)
+    assert not np.array_equal(classic_transform(cfg, seed=4)(image=image)["image"], out)
+
+
+def test_pair_batches_augment_reproducibly() -> None:
+    pools, cfg = stroke_pools(), ClassicAugmentConfig()
+    plain = batches(PairBatches(pools, batch_classes=4, seed=0), 3)
+    dataset = PairBatches(pools, batch_classes=4, seed=0, transform=classic_transform(cfg, seed=0))
+    augmented = batches(dataset, 3)
+    for (p1, p2), (a1, a2) in zip(plain, augmented, strict=True):
+        assert a1.shape == p1.shape and float(a1.min()) >= 0 and float(a1.max()) <= 1
+        assert not torch.equal(a1, p1) and not torch.equal(a2, p2)
+    # A second pass, and a fresh transform with another Compose seed, replay the same augmentations:
+    # PairBatches seeds the transform from its own seed.
+    again = batches(PairBatches(pools, batch_classes=4, seed=0, transform=classic_transform(cfg, seed=99)), 3)
+    for replay in (batches(dataset, 3), again):
+        for (a1, a2), (b1, b2) in zip(augmented, replay, strict=True):
+            assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    other = batches(PairBatches(pools, batch_classes=4, seed=1, transform=classic_transform(cfg, seed=0)), 1)
+    assert not torch.equal(other[0][0], augmented[0][0])
+
+
+# ---------------------------------------------------------------------------- training: overfit a tiny set
+
+
+N_CLASSES, STEPS = 8, 60
+
+
+def noisy_pools() -> list[np.ndarray]:
+    """8 classes of fixed random binary 28 x 28 images, two noisy copies each."""
+    rng = np.random.default_rng(0)
+    base = (rng.random((N_CLASSES, SIZE, SIZE)) < 0.3).astype(np.uint8) * 255
+    pools = []
+    for image in base:
+        copies = []
+        for _ in range(2):
+            copy = image.copy()
+            flip = rng.random(image.shape) < 0.05
+            copy[flip] = 255 - copy[flip]
+            copies.append(copy)
+        pools.append(np.stack(copies))
+    return pools
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: object, batch: object,
+                           batch_idx: int) -> None:
+        self.losses.append(float(outputs["loss"]))  # type: ignore[index]
+
+
+@pytest.fixture(scope="module", params=LOSSES)
+def trained(request: pytest.FixtureRequest) -> tuple[SiameseNet, list[float], list[np.ndarray]]:
+    """A tiny net trained on `noisy_pools` with each loss: (net, loss per step, pools)."""
+    pools = noisy_pools()
+    cfg = SiameseConfig(loss=request.param, channels=16, embedding_dim=32, batch_classes=N_CLASSES, max_steps=STEPS)
+    torch.manual_seed(0)
+    net = SiameseNet(SIZE, cfg.channels, cfg.embedding_dim, cfg.loss)
+    recorder = LossRecorder()
+    trainer = pl.Trainer(max_steps=STEPS, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[recorder])
+    loader = torch.utils.data.DataLoader(PairBatches(pools, N_CLASSES, seed=0), batch_size=None)
+    trainer.fit(SiameseModule(net, cfg), loader)
+    return net.eval(), recorder.losses, pools
+
+
+def test_overfits_a_tiny_set(trained: tuple[SiameseNet, list[float], list[np.ndarray]]) -> None:
+    _, losses, _ = trained
+    assert len(losses) == STEPS
+    assert all(np.isfinite(losses))
+    final = float(np.mean(losses[-5:]))
+    assert final < 0.5 * losses[0], f"loss went from {losses[0]:.3f} to only {final:.3f}"
+
+
+def test_classifier_predicts_the_support_labels(trained: tuple[SiameseNet, list[float], list[np.ndarray]]) -> None:
+    net, _, pools = trained
+    labels = np.array([17, 3, 12, 5, 40, 8, 21, 30])  # any label values, not in order
+    first = to_tensor(np.stack([p[0] for p in pools]))
+    second = to_tensor(np.stack([p[1] for p in pools]))
+    classifier = SiameseClassifier(net)
+    classifier.process_support(first, labels)
+    np.testing.assert_array_equal(classifier.support_labels, np.sort(labels))
+    assert classifier.scores(first).shape == (N_CLASSES, N_CLASSES)
+    np.testing.assert_array_equal(classifier.predict(first), labels)
+    np.testing.assert_array_equal(classifier.predict(second), labels)  # the other noisy copy
+
+    # Two drawings per class in the support set: still one score column per class.
+    classifier.process_support(torch.cat([first, second]), np.concatenate([labels, labels]))
+    assert classifier.scores(second).shape == (N_CLASSES, N_CLASSES)
+    np.testing.assert_array_equal(classifier.predict(second), labels)
+
+
+def test_classifier_needs_a_support_set_first() -> None:
+    classifier = SiameseClassifier(tiny_net("contrastive"))
+    with pytest.raises(RuntimeError, match="process_support"):
+        classifier.scores(random_images(2, seed=0))
+    with pytest.raises(RuntimeError, match="process_support"):
+        classifier.predict(random_images(2, seed=0))
