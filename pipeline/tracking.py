@@ -18,6 +18,8 @@ from pipeline.config import TrackingConfig
 
 # MLflow's SQLite store logs every schema migration at INFO on first use; keep the stage output readable.
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# The classifiers are logged pickled on purpose (see stages/evaluate.py); the warning about it is noise.
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
 class TrackingError(RuntimeError):

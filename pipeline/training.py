@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
 
 from pipeline.config import TrainerConfig
+
+
+def with_overrides(cfg: TrainerConfig, model_cfg: object) -> TrainerConfig:
+    """`cfg` with the `precision` / `channels_last` a model's own params set (None keeps the trainer's)."""
+    keys = ("precision", "channels_last")
+    changes = {k: getattr(model_cfg, k) for k in keys if getattr(model_cfg, k, None) is not None}
+    return dataclasses.replace(cfg, **changes)
 
 
 def configure_torch(cfg: TrainerConfig) -> None:

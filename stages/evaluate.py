@@ -109,7 +109,8 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                 grid = Path(args.reports) / f"samples_{vcfg.synthetic}.png"
                 if vcfg.synthetic != "none" and grid.is_file():
                     mlflow.log_artifact(str(grid))
-                mlflow.pytorch.log_model(nets[variant], name="model",
+                # Pickled, not pt2: loading it gives back the SiameseNet with embed() and similarity().
+                mlflow.pytorch.log_model(nets[variant], name="model", serialization_format="pickle",
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return group
 

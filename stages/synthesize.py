@@ -76,9 +76,8 @@ def main() -> None:
         for k in range(min(cfg.grid_rows, len(classes))):
             label = f"{kind}: {dataset.class_alphabet[classes[k]]}"
             rows.append((label, ex[k], syn[k, :cfg.grid_columns]))
-    if rows and n > 0:
-        with atomic_path(args.samples) as tmp_png:
-            sample_grid(rows).save(tmp_png, format="PNG")
+    with atomic_path(args.samples) as tmp_png:
+        sample_grid(rows).save(tmp_png, format="PNG")
     print(f"synthesized {len(synthetic.images)} drawings for {len(train_classes)} classes -> {args.out}")
 
 

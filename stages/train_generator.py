@@ -18,7 +18,7 @@ from pipeline.generators import get_family, save_generator
 from pipeline.generators.blocks import SameClassPairs
 from pipeline.io import atomic_dir, write_json
 from pipeline.synthesis import sample_grid, synthesize_from_exemplars
-from pipeline.training import build_trainer, configure_torch, export_model, prepare_model
+from pipeline.training import build_trainer, configure_torch, export_model, prepare_model, with_overrides
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     params = load_params(args.params)
     family = get_family(args.name)
     cfg: Any = section(params, family.config, f"generator.{args.name}")
-    trainer_cfg = section(params, TrainerConfig, "trainer")
+    trainer_cfg = with_overrides(section(params, TrainerConfig, "trainer"), cfg)
     tracking_cfg = section(params, TrackingConfig, "tracking")
     uri = tracking.setup(tracking_cfg)
     configure_torch(trainer_cfg)

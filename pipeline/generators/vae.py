@@ -37,6 +37,10 @@ class VAEConfig:
     max_steps: int = 3000
     temperature: float = 1.0  # sampling: z ~ N(0, temperature^2 I)
     seed: int = 0
+    # Overrides of params `trainer` for this model: on CPU its GroupNorm and grid_sample run
+    # fastest in fp32 with the default memory layout (benchmarks/precision.py).
+    precision: str | None = "32-true"
+    channels_last: bool | None = False
 
     def validate(self, key: str) -> None:
         positive(key, latent_dim=self.latent_dim, max_displacement=self.max_displacement, batch_size=self.batch_size,
