@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -58,6 +59,11 @@ def load_image_file(path: str | Path, size: int) -> np.ndarray:
             return preprocess_image(image, size)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, S, S] (strokes 255) -> float [N, 1, S, S] in 0..1, the networks' input."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------- locating the zips

@@ -21,6 +21,7 @@ class EvaluationConfig:
     n_episodes: int = 1000
     consistency_way: int = 20  # N-way alternatives when checking synthetic drawings' class identity
     baseline: str = "baseline"  # the variant every other one is compared with
+    compare_with: tuple[str, ...] = ()  # further references for paired deltas (not vs the baseline)
     seed: int = 0
 
     def validate(self, key: str) -> None:
@@ -61,19 +62,22 @@ def per_episode_accuracy(net: SiameseNet, embeddings: torch.Tensor,
 
 
 def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
-    """Per variant: `acc_<protocol>` and `_ci95`; for all but the baseline the paired headline delta."""
-    if cfg.baseline not in accuracy:
-        raise ValueError(f"evaluation.baseline={cfg.baseline!r} is not among the variants {sorted(accuracy)}")
+    """Per variant: `acc_<protocol>` and `_ci95`; paired headline deltas to the baseline (for every
+    other variant) and to each `compare_with` reference (for the variants other than it and the baseline)."""
+    for name, ref in [("baseline", cfg.baseline)] + [("compare_with", r) for r in cfg.compare_with]:
+        if ref not in accuracy:
+            raise ValueError(f"evaluation.{name}: {ref!r} is not among the variants {sorted(accuracy)}")
     metrics: dict[str, dict[str, float]] = {}
-    base = accuracy[cfg.baseline][cfg.headline]
     for variant, per_protocol in accuracy.items():
         m: dict[str, float] = {}
         for key, acc in per_protocol.items():
             m[f"acc_{key}"], m[f"acc_{key}_ci95"] = mean_ci95(acc)
-        if variant != cfg.baseline:
+        for ref in (cfg.baseline, *cfg.compare_with):
+            if variant in (ref, cfg.baseline):
+                continue
             # Same episodes for both: the per-episode difference gives a paired CI.
-            delta = f"delta_{cfg.headline}_vs_{cfg.baseline}"
-            m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[cfg.headline] - base)
+            delta = f"delta_{cfg.headline}_vs_{ref}"
+            m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[cfg.headline] - accuracy[ref][cfg.headline])
         metrics[variant] = {k: round(v, 5) for k, v in m.items()}
     return metrics
 

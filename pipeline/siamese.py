@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import _check, positive
+from pipeline.data import to_tensor
 from pipeline.episodes import Episodes, episode_accuracy
 
 LOSSES = ("contrastive", "bce", "triplet")
@@ -182,11 +183,6 @@ def episode_scores_accuracy(net: SiameseNet, images: torch.Tensor, episodes: Epi
     acc = episode_accuracy(episode_scores(net, embed_all(net, images), episodes))
     net.train(was_training)
     return acc
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, S, S] (strokes 255) -> float [N, 1, S, S] in 0..1."""
-    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
 
 
 class PairBatches(torch.utils.data.IterableDataset):

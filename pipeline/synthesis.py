@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.siamese import to_tensor
+from pipeline.config import _check
+from pipeline.data import to_tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisConfig:
+    n_per_exemplar: int = 20
+    temperature: float = 1.0  # z ~ N(0, temperature^2 I) for generators with a latent prior
+    n_novel_classes: int = 200  # novel classes synthesized for measuring identity (never trained on)
+    grid_rows: int = 6  # rows per kind (training class, novel class) in the sample grid
+    grid_columns: int = 10
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        for name in ("n_per_exemplar", "n_novel_classes", "grid_rows", "grid_columns"):
+            value = getattr(self, name)
+            _check(value >= 0, f"{key}.{name}", value, "a count >= 0")
+        _check(self.temperature > 0, f"{key}.temperature", self.temperature, "a number > 0")
 
 
 @torch.no_grad()

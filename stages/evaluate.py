@@ -17,7 +17,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import TrackingConfig, load_params, section
-from pipeline.data import OmniglotSet
+from pipeline.data import OmniglotSet, to_tensor
 from pipeline.evaluation import (
     EvaluationConfig,
     build_episodes,
@@ -28,7 +28,7 @@ from pipeline.evaluation import (
 )
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plots import accuracy_bars, learning_curves
-from pipeline.siamese import SiameseNet, embed_all, load_siamese, to_tensor
+from pipeline.siamese import SiameseNet, embed_all, load_siamese
 from pipeline.variants import VariantConfig
 
 

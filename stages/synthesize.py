@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
 
-from pipeline.config import _check, load_params, section
+from pipeline.config import load_params, section
 from pipeline.data import OmniglotSet
 from pipeline.generators import load_generator
 from pipeline.io import atomic_dir, atomic_path
-from pipeline.synthesis import sample_grid, synthesize_from_exemplars
+from pipeline.synthesis import SynthesisConfig, sample_grid, synthesize_from_exemplars
 from pipeline.synthetic import SyntheticSet
-
-
-@dataclasses.dataclass(frozen=True)
-class SynthesisConfig:
-    n_per_exemplar: int = 20
-    n_novel_classes: int = 200  # novel classes synthesized for measuring identity (never trained on)
-    grid_rows: int = 6  # rows per kind (training class, novel class) in the sample grid
-    grid_columns: int = 10
-    seed: int = 0
-
-    def validate(self, key: str) -> None:
-        for name in ("n_per_exemplar", "n_novel_classes", "grid_rows", "grid_columns"):
-            value = getattr(self, name)
-            _check(value >= 0, f"{key}.{name}", value, "a count >= 0")
 
 
 def main() -> None:
@@ -41,7 +26,7 @@ def main() -> None:
 
     cfg = section(load_params(args.params), SynthesisConfig, "synthesis")
     model, ckpt = load_generator(args.generator)
-    temperature = float(ckpt.get("train_config", {}).get("temperature", 1.0))
+    temperature = cfg.temperature
     dataset = OmniglotSet.load(args.data)
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

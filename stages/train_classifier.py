@@ -13,10 +13,10 @@ from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
 from pipeline import tracking
 from pipeline.augment import ClassicAugmentConfig, classic_transform
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
-from pipeline.data import OmniglotSet
+from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import sample_episodes
 from pipeline.io import atomic_dir, write_json
-from pipeline.siamese import PairBatches, SiameseConfig, SiameseModule, SiameseNet, save_siamese, to_tensor
+from pipeline.siamese import PairBatches, SiameseConfig, SiameseModule, SiameseNet, save_siamese
 from pipeline.synthetic import SyntheticSet
 from pipeline.training import build_trainer, configure_torch, export_model, prepare_model
 from pipeline.variants import VariantConfig, training_pools

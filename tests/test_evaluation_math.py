@@ -68,7 +68,7 @@ def test_summarize_headline_follows_ways_and_baseline_name() -> None:
 
 def test_summarize_unknown_baseline_is_refused_naming_the_variants() -> None:
     accuracy = {"classic": {"20way": np.array([0.5, 0.5])}, "vae": {"20way": np.array([0.5, 0.6])}}
-    expected = r"evaluation\.baseline='baseline' is not among the variants \['classic', 'vae'\]"
+    expected = r"evaluation\.baseline: 'baseline' is not among the variants \['classic', 'vae'\]"
     with pytest.raises(ValueError, match=expected):
         summarize(accuracy, CFG)
 
@@ -114,3 +114,14 @@ def test_class_consistency_needs_n_way_exemplars() -> None:
     exemplars = orthonormal(3)
     with pytest.raises(ValueError, match="needs 5 exemplars, only 3 are available"):
         class_consistency(exemplars, np.arange(3), exemplars, n_way=5, rng=np.random.default_rng(0))
+
+
+def test_summarize_compares_with_further_references() -> None:
+    accuracy = {"baseline": {"20way": np.array([0.2, 0.4])}, "classic": {"20way": np.array([0.5, 0.7])},
+                "vae": {"20way": np.array([0.6, 0.9])}}
+    m = summarize(accuracy, EvaluationConfig(ways=(20,), compare_with=("classic",)))
+    assert m["vae"]["delta_20way_vs_classic"] == pytest.approx(0.15)
+    assert m["vae"]["delta_20way_vs_classic_ci95"] == pytest.approx(ci95([0.1, 0.2]), abs=1e-5)
+    assert "delta_20way_vs_classic" not in m["classic"] and "delta_20way_vs_classic" not in m["baseline"]
+    with pytest.raises(ValueError, match=r"evaluation\.compare_with: 'oracle'"):
+        summarize(accuracy, EvaluationConfig(ways=(20,), compare_with=("oracle",)))

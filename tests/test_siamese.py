@@ -13,6 +13,7 @@ import torch
 
 from pipeline.augment import ClassicAugmentConfig, classic_transform
 from pipeline.config import ParamsError, from_dict
+from pipeline.data import to_tensor
 from pipeline.generators import save_generator
 from pipeline.generators.vae import ExemplarVAE
 from pipeline.siamese import (
@@ -24,7 +25,6 @@ from pipeline.siamese import (
     SiameseNet,
     load_siamese,
     save_siamese,
-    to_tensor,
 )
 
 SIZE = 28

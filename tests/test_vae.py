@@ -159,7 +159,7 @@ def test_config_from_params_turns_lists_into_tuples() -> None:
         ({"scales": []}, "generator.vae.scales"),
         ({"scales": [0, 2]}, "generator.vae.scales"),
         ({"latent_dim": 0}, "generator.vae.latent_dim"),
-        ({"temperature": -1.0}, "generator.vae.temperature"),
+        ({"lr": 0}, "generator.vae.lr"),
         ({"max_displacement": 0}, "generator.vae.max_displacement"),
     ],
 )

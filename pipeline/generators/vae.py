@@ -35,7 +35,6 @@ class VAEConfig:
     batch_size: int = 64
     lr: float = 1e-3
     max_steps: int = 3000
-    temperature: float = 1.0  # sampling: z ~ N(0, temperature^2 I)
     seed: int = 0
     # Overrides of params `trainer` for this model: on CPU its GroupNorm and grid_sample run
     # fastest in fp32 with the default memory layout (benchmarks/precision.py).
@@ -44,7 +43,7 @@ class VAEConfig:
 
     def validate(self, key: str) -> None:
         positive(key, latent_dim=self.latent_dim, max_displacement=self.max_displacement, batch_size=self.batch_size,
-                 lr=self.lr, max_steps=self.max_steps, temperature=self.temperature)
+                 lr=self.lr, max_steps=self.max_steps)
         _check(self.beta >= 0, f"{key}.beta", self.beta, "a number >= 0")
         _check(len(self.widths) >= 2 and all(w > 0 for w in self.widths), f"{key}.widths", self.widths,
                "at least two positive channel counts")
