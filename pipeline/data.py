@@ -69,20 +69,10 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------- locating the zips
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
+def file_hash(path: Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes, e.g. `file_hash(p, "md5")`."""
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 def download_file(url: str, dest: Path, md5: str) -> None:
@@ -102,7 +92,7 @@ def download_file(url: str, dest: Path, md5: str) -> None:
             f"could not download {url}: {exc}. Set OMNIGLOT_DIR to a folder holding "
             f"{', '.join(s + '.zip' for s in SPLITS)}, or check the network"
         ) from exc
-    got = md5sum(partial)
+    got = file_hash(partial, "md5")
     if got != md5:
         partial.unlink()
         raise DataError(f"{url}: MD5 {got} does not match the expected {md5}; the download is corrupt or not Omniglot")
@@ -296,7 +286,7 @@ def prepare_omniglot(zips: dict[str, Path], cfg: DataConfig) -> tuple[OmniglotSe
     )
     manifest = {
         "image_size": cfg.image_size,
-        "zips": {s: {"path": str(p), "sha256": sha256sum(p)} for s, p in zips.items()},
+        "zips": {s: {"path": str(p), "sha256": file_hash(p, "sha256")} for s, p in zips.items()},
         "alphabets": {r: sorted({a for a, rr in zip(alphabet, role, strict=True) if rr == r}) for r in ROLES},
         "classes": {r: int((dataset.class_role == r).sum()) for r in ROLES},
         "images": {r: len(dataset.indices(r)) for r in ROLES},

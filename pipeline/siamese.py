@@ -155,13 +155,13 @@ class SiameseModule(pl.LightningModule):
 
 @torch.no_grad()
 def embed_all(net: SiameseNet, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Embed [N, 1, S, S] images in batches -> [N, D], under the same autocast as training."""
+    """Embed [N, 1, S, S] images in batches -> [N, D], under bf16 autocast (fast on AMX CPUs and GPUs)."""
     net.eval()
     device = next(net.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cpu"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type in ("cpu", "cuda")):
             out.append(net.embed(x).float())
     return torch.cat(out)
 

@@ -82,7 +82,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_tags(**extra: str) -> dict[str, str]:
+def run_tags(**extra: str | None) -> dict[str, str]:
     """Tags every run carries: git commit and DVC experiment name, plus `extra`."""
     tags = {"git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")}
     tags.update({k: v for k, v in extra.items() if v is not None})

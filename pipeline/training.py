@@ -46,7 +46,7 @@ def build_trainer(cfg: TrainerConfig, max_steps: int, loggers: list[Any], val_ev
         precision=cfg.precision,  # type: ignore[arg-type]
         num_nodes=cfg.num_nodes,
         max_steps=max_steps,
-        max_epochs=-1,
+        max_epochs=1,  # the batch streams are endless: max_steps ends training within this one "epoch"
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
         limit_val_batches=1 if val_every else 0,

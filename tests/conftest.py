@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.config import DataConfig
 from pipeline.data import SPLITS, OmniglotSet, prepare_omniglot
@@ -35,3 +37,12 @@ def omniglot_zips(omniglot_dir: Path) -> dict[str, Path]:
 def tiny_omniglot(omniglot_zips: dict[str, Path]) -> tuple[OmniglotSet, dict]:
     """The real data cut to the first 2 characters of every alphabet (100 classes, 2,000 drawings), 28 x 28."""
     return prepare_omniglot(omniglot_zips, DataConfig(max_classes_per_alphabet=2))
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny networks run fastest on one thread, and the result does not depend on how busy the machine is."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -31,12 +30,8 @@ SIZE = 28
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks run fastest on one thread, and the result does not depend on how busy the machine is."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_thread: None) -> None:
+    """Tiny networks: see conftest.single_thread."""
 
 
 def tiny_net(loss: str, seed: int = 0, image_size: int = SIZE) -> SiameseNet:
