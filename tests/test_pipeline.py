@@ -106,3 +106,19 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
     assert {r.data.tags["variant"] for r in by_kind["training"]} == set(children)
     (gen,) = by_kind["generator"]
     assert len(client.get_metric_history(gen.info.run_id, "train/loss")) > 3
+
+
+@pytest.mark.slow
+def test_temporary_dvc_experiment_logs_into_the_workspace_store(smoke_run: tuple[Path, dict[str, str]]) -> None:
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp; its runs must still land in <repo root>/mlflow.db."""
+    workspace, env = smoke_run
+    run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "fewer-episodes", "-S", "evaluation.n_episodes=50"],
+        workspace, env)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("omniglot-oneshot-smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.dvc_exp = 'fewer-episodes'")
+    kinds = sorted(r.data.tags["kind"] for r in runs)
+    # Only the evaluate stage reran: one pipeline run and its four variant runs, no retraining.
+    assert kinds == ["pipeline"] + ["variant"] * 4, kinds
+    assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
