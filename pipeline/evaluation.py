@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from pipeline.config import _check
-from pipeline.data import OmniglotSet
+from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
-from pipeline.siamese import SiameseNet, episode_scores
+from pipeline.siamese import SiameseNet, embed_all, episode_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +109,35 @@ def mean_pairwise_distance(embed: torch.Tensor) -> float:
     d = torch.cdist(embed.float(), embed.float())
     m = len(embed)
     return float(d.sum() / (m * (m - 1)))
+
+
+def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, ex_idx: np.ndarray, images: np.ndarray,
+                       labels: np.ndarray, cfg: EvaluationConfig) -> dict[str, float]:
+    """Identity and diversity of a generator's drawings of novel classes, in the reference embedding.
+
+    consistency: how often a drawing's nearest of `consistency_way` exemplars is its own exemplar;
+    the same for real held-out drawings of those classes is the yardstick. diversity: mean pairwise
+    distance of one class's synthetic drawings over that of its 20 real drawings.
+    """
+    if len(images) == 0:
+        return {}
+    rng = np.random.default_rng(cfg.seed)
+    ex_emb = embed_all(ref, to_tensor(dataset.images[ex_idx]))
+    row_of_class = {int(c): k for k, c in enumerate(dataset.labels[ex_idx])}
+    syn_emb = embed_all(ref, to_tensor(images))
+    own_syn = np.array([row_of_class[int(c)] for c in labels])
+    real_idx = np.flatnonzero(np.isin(dataset.labels, dataset.labels[ex_idx]) & ~np.isin(
+        np.arange(len(dataset.labels)), ex_idx))
+    real_emb = embed_all(ref, to_tensor(dataset.images[real_idx]))
+    own_real = np.array([row_of_class[int(c)] for c in dataset.labels[real_idx]])
+    way = min(cfg.consistency_way, len(ex_idx))
+    diversity = []
+    for c in np.unique(labels):
+        syn = syn_emb[torch.from_numpy(labels == c)]
+        real = real_emb[torch.from_numpy(dataset.labels[real_idx] == c)]
+        diversity.append(mean_pairwise_distance(syn) / mean_pairwise_distance(real))
+    return {
+        "synthetic_class_consistency": round(class_consistency(syn_emb, own_syn, ex_emb, way, rng), 5),
+        "real_class_consistency": round(class_consistency(real_emb, own_real, ex_emb, way, rng), 5),
+        "synthetic_diversity": round(float(np.nanmean(diversity)), 5),
+    }

@@ -18,55 +18,15 @@ import torch
 from pipeline import tracking
 from pipeline.config import TrackingConfig, load_params, section
 from pipeline.data import OmniglotSet, to_tensor
-from pipeline.evaluation import (
-    EvaluationConfig,
-    build_episodes,
-    class_consistency,
-    mean_pairwise_distance,
-    per_episode_accuracy,
-    summarize,
-)
+from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy, summarize, synthetic_measures
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plots import accuracy_bars, learning_curves
-from pipeline.siamese import SiameseNet, embed_all, load_siamese
+from pipeline.siamese import embed_all, load_siamese
 from pipeline.variants import VariantConfig
 
 
-def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, novel_file: Path, cfg: EvaluationConfig) -> dict:
-    """Identity and diversity of a generator's drawings of novel classes, in the reference embedding.
-
-    consistency: how often a drawing's nearest of `consistency_way` exemplars is its own exemplar;
-    the same for real held-out drawings of those classes is the yardstick. diversity: mean pairwise
-    distance of one class's synthetic drawings over that of its 20 real drawings.
-    """
-    with np.load(novel_file) as data:
-        ex_idx, images, labels = data["exemplar_index"], data["images"], data["labels"]
-    if len(images) == 0:
-        return {}
-    rng = np.random.default_rng(cfg.seed)
-    ex_emb = embed_all(ref, to_tensor(dataset.images[ex_idx]))
-    row_of_class = {int(c): k for k, c in enumerate(dataset.labels[ex_idx])}
-    syn_emb = embed_all(ref, to_tensor(images))
-    own_syn = np.array([row_of_class[int(c)] for c in labels])
-    real_idx = np.flatnonzero(np.isin(dataset.labels, dataset.labels[ex_idx]) & ~np.isin(
-        np.arange(len(dataset.labels)), ex_idx))
-    real_emb = embed_all(ref, to_tensor(dataset.images[real_idx]))
-    own_real = np.array([row_of_class[int(c)] for c in dataset.labels[real_idx]])
-    way = min(cfg.consistency_way, len(ex_idx))
-    diversity = []
-    for c in np.unique(labels):
-        syn = syn_emb[torch.from_numpy(labels == c)]
-        real = real_emb[torch.from_numpy(dataset.labels[real_idx] == c)]
-        diversity.append(mean_pairwise_distance(syn) / mean_pairwise_distance(real))
-    return {
-        "synthetic_class_consistency": round(class_consistency(syn_emb, own_syn, ex_emb, way, rng), 5),
-        "real_class_consistency": round(class_consistency(real_emb, own_real, ex_emb, way, rng), 5),
-        "synthetic_diversity": round(float(np.nanmean(diversity)), 5),
-    }
-
-
 def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict, args: argparse.Namespace,
-                  params: dict, tracking_cfg: TrackingConfig, pictures: list[Path]) -> str:
+                  params: dict, pictures: list[Path]) -> str:
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -149,7 +109,9 @@ def main() -> None:
     for variant, vcfg in variants.items():
         novel_file = Path(args.synthetic) / vcfg.synthetic / "novel.npz"
         if vcfg.synthetic != "none" and reference is not None and novel_file.is_file():
-            metrics[variant].update(synthetic_measures(nets[reference], dataset, novel_file, cfg))
+            with np.load(novel_file) as novel:
+                metrics[variant].update(synthetic_measures(
+                    nets[reference], dataset, novel["exemplar_index"], novel["images"], novel["labels"], cfg))
 
     reports = Path(args.reports)
     histories = {v: pd.read_csv(Path(args.classifiers) / v / "metrics.csv") for v in variants
@@ -163,7 +125,7 @@ def main() -> None:
     write_json(args.metrics, metrics)
 
     if uri is not None:
-        group = log_to_mlflow(metrics, variants, ckpts, nets, args, params, tracking_cfg, pictures)
+        group = log_to_mlflow(metrics, variants, ckpts, nets, args, params, pictures)
         print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
     headline = f"acc_{cfg.headline}"
     for variant, m in metrics.items():

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import EvaluationConfig, class_consistency, mean_pairwise_distance, summarize
+from pipeline.data import OmniglotSet
+from pipeline.evaluation import (
+    EvaluationConfig,
+    class_consistency,
+    mean_pairwise_distance,
+    summarize,
+    synthetic_measures,
+)
+from pipeline.siamese import SiameseNet
 
 CFG = EvaluationConfig(ways=(20, 5), baseline="baseline")
 
@@ -125,3 +133,22 @@ def test_summarize_compares_with_further_references() -> None:
     assert "delta_20way_vs_classic" not in m["classic"] and "delta_20way_vs_classic" not in m["baseline"]
     with pytest.raises(ValueError, match=r"evaluation\.compare_with: 'oracle'"):
         summarize(accuracy, EvaluationConfig(ways=(20,), compare_with=("oracle",)))
+
+
+def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    """Copies of the exemplar: consistent, no diversity. Drawings of other classes: low consistency."""
+    dataset, _ = tiny_omniglot
+    torch.manual_seed(0)
+    ref = SiameseNet(28, channels=8, embedding_dim=16)
+    novel = dataset.classes("novel")
+    ex_idx = np.array([np.flatnonzero(dataset.labels == c)[0] for c in novel])
+    copies = np.repeat(dataset.images[ex_idx], 3, axis=0)
+    labels = np.repeat(novel, 3)
+    cfg = EvaluationConfig(consistency_way=20)
+    same = synthetic_measures(ref, dataset, ex_idx, copies, labels, cfg)
+    assert same["synthetic_class_consistency"] == 1.0
+    assert same["synthetic_diversity"] == pytest.approx(0.0, abs=1e-3)
+    assert 0.0 < same["real_class_consistency"] <= 1.0
+    shifted = np.repeat(dataset.images[np.roll(ex_idx, 1)], 3, axis=0)  # each labelled as the next class
+    other = synthetic_measures(ref, dataset, ex_idx, shifted, labels, cfg)
+    assert other["synthetic_class_consistency"] < 0.2
