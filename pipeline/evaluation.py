@@ -111,24 +111,26 @@ def mean_pairwise_distance(embed: torch.Tensor) -> float:
     return float(d.sum() / (m * (m - 1)))
 
 
-def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, ex_idx: np.ndarray, images: np.ndarray,
-                       labels: np.ndarray, cfg: EvaluationConfig) -> dict[str, float]:
+def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, dataset_embeddings: torch.Tensor, ex_idx: np.ndarray,
+                       images: np.ndarray, labels: np.ndarray, cfg: EvaluationConfig) -> dict[str, float]:
     """Identity and diversity of a generator's drawings of novel classes, in the reference embedding.
 
     consistency: how often a drawing's nearest of `consistency_way` exemplars is its own exemplar;
     the same for real held-out drawings of those classes is the yardstick. diversity: mean pairwise
     distance of one class's synthetic drawings over that of its 20 real drawings.
+    dataset_embeddings: [N, D] the reference's embeddings of every dataset image (already computed
+    for its accuracy), so only the synthetic drawings are embedded here.
     """
     if len(images) == 0:
         return {}
     rng = np.random.default_rng(cfg.seed)
-    ex_emb = embed_all(ref, to_tensor(dataset.images[ex_idx]))
+    ex_emb = dataset_embeddings[torch.from_numpy(ex_idx)]
     row_of_class = {int(c): k for k, c in enumerate(dataset.labels[ex_idx])}
     syn_emb = embed_all(ref, to_tensor(images))
     own_syn = np.array([row_of_class[int(c)] for c in labels])
     real_idx = np.flatnonzero(np.isin(dataset.labels, dataset.labels[ex_idx]) & ~np.isin(
         np.arange(len(dataset.labels)), ex_idx))
-    real_emb = embed_all(ref, to_tensor(dataset.images[real_idx]))
+    real_emb = dataset_embeddings[torch.from_numpy(real_idx)]
     own_real = np.array([row_of_class[int(c)] for c in dataset.labels[real_idx]])
     way = min(cfg.consistency_way, len(ex_idx))
     diversity = []

@@ -25,8 +25,9 @@ from pipeline.siamese import embed_all, load_siamese
 from pipeline.variants import VariantConfig
 
 
-def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict, args: argparse.Namespace,
-                  params: dict, pictures: list[Path]) -> str:
+def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict,
+                  histories: dict[str, pd.DataFrame], args: argparse.Namespace, params: dict,
+                  pictures: list[Path]) -> str:
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -56,16 +57,15 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                     flat["synthesis.n_per_exemplar"] = params["synthesis"]["n_per_exemplar"]
                 mlflow.log_params({k: str(v) for k, v in flat.items()})
                 mlflow.log_metrics(metrics[variant])
-                history = Path(args.classifiers) / variant / "metrics.csv"
-                if history.is_file():
-                    frame = pd.read_csv(history)
+                if variant in histories:
+                    frame = histories[variant]
                     now = int(time.time() * 1000)
                     batch = [Metric(key, float(v), now, int(step))
                              for key in frame.columns if key not in ("step", "epoch")
                              for step, v in frame[["step", key]].dropna().itertuples(index=False)]
                     for start in range(0, len(batch), 1000):
                         client.log_batch(child.info.run_id, metrics=batch[start:start + 1000])
-                    mlflow.log_artifact(str(history), "history")
+                    mlflow.log_artifact(str(Path(args.classifiers) / variant / "metrics.csv"), "history")
                 grid = Path(args.reports) / f"samples_{vcfg.synthetic}.png"
                 if vcfg.synthetic != "none" and grid.is_file():
                     mlflow.log_artifact(str(grid))
@@ -96,22 +96,27 @@ def main() -> None:
     dataset = OmniglotSet.load(args.data)
     episodes = build_episodes(dataset, cfg)
     images = to_tensor(dataset.images)
-    accuracy, nets, ckpts = {}, {}, {}
+    reference = next((v for v, c in variants.items() if c.ceiling), None)
+    accuracy, nets, ckpts, reference_embeddings = {}, {}, {}, None
     for variant in variants:
         path = Path(args.classifiers) / variant / "model.pt"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no trained classifier for variant {variant!r}; run `dvc repro`")
         nets[variant], ckpts[variant] = load_siamese(str(path))
-        accuracy[variant] = per_episode_accuracy(nets[variant], embed_all(nets[variant], images), episodes)
+        embeddings = embed_all(nets[variant], images)
+        accuracy[variant] = per_episode_accuracy(nets[variant], embeddings, episodes)
+        if variant == reference:
+            reference_embeddings = embeddings
     metrics = summarize(accuracy, cfg)
 
-    reference = next((v for v, c in variants.items() if c.ceiling), None)
     for variant, vcfg in variants.items():
         novel_file = Path(args.synthetic) / vcfg.synthetic / "novel.npz"
         if vcfg.synthetic != "none" and reference is not None and novel_file.is_file():
+            assert reference_embeddings is not None
             with np.load(novel_file) as novel:
                 metrics[variant].update(synthetic_measures(
-                    nets[reference], dataset, novel["exemplar_index"], novel["images"], novel["labels"], cfg))
+                    nets[reference], dataset, reference_embeddings, novel["exemplar_index"], novel["images"],
+                    novel["labels"], cfg))
 
     reports = Path(args.reports)
     histories = {v: pd.read_csv(Path(args.classifiers) / v / "metrics.csv") for v in variants
@@ -125,7 +130,7 @@ def main() -> None:
     write_json(args.metrics, metrics)
 
     if uri is not None:
-        group = log_to_mlflow(metrics, variants, ckpts, nets, args, params, pictures)
+        group = log_to_mlflow(metrics, variants, ckpts, nets, histories, args, params, pictures)
         print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
     headline = f"acc_{cfg.headline}"
     for variant, m in metrics.items():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import OmniglotSet
+from pipeline.data import OmniglotSet, to_tensor
 from pipeline.evaluation import (
     EvaluationConfig,
     class_consistency,
@@ -14,7 +14,7 @@ from pipeline.evaluation import (
     summarize,
     synthetic_measures,
 )
-from pipeline.siamese import SiameseNet
+from pipeline.siamese import SiameseNet, embed_all
 
 CFG = EvaluationConfig(ways=(20, 5), baseline="baseline")
 
@@ -145,10 +145,11 @@ def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[
     copies = np.repeat(dataset.images[ex_idx], 3, axis=0)
     labels = np.repeat(novel, 3)
     cfg = EvaluationConfig(consistency_way=20)
-    same = synthetic_measures(ref, dataset, ex_idx, copies, labels, cfg)
+    embeddings = embed_all(ref, to_tensor(dataset.images))
+    same = synthetic_measures(ref, dataset, embeddings, ex_idx, copies, labels, cfg)
     assert same["synthetic_class_consistency"] == 1.0
     assert same["synthetic_diversity"] == pytest.approx(0.0, abs=1e-3)
     assert 0.0 < same["real_class_consistency"] <= 1.0
     shifted = np.repeat(dataset.images[np.roll(ex_idx, 1)], 3, axis=0)  # each labelled as the next class
-    other = synthetic_measures(ref, dataset, ex_idx, shifted, labels, cfg)
+    other = synthetic_measures(ref, dataset, embeddings, ex_idx, shifted, labels, cfg)
     assert other["synthetic_class_consistency"] < 0.2
