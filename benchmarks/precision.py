@@ -1,5 +1,5 @@
-"""Training-step throughput of the Siamese network and the VAE: fp32 vs bf16 autocast, with and
-without channels_last. Prints images/s and the ratio to fp32, all taken in one run.
+"""Training-step throughput of the Siamese network, the VAE and the GAN: fp32 vs bf16 autocast, with
+and without channels_last. Prints images/s and the ratio to fp32, all taken in one run.
 
     python benchmarks/precision.py [--steps 20]
 """
@@ -10,7 +10,9 @@ import argparse
 import time
 
 import torch
+import torch.nn.functional as F
 
+from pipeline.generators import gan
 from pipeline.generators.vae import VAEConfig, build, multiscale_error
 from pipeline.siamese import SiameseNet
 
@@ -24,6 +26,15 @@ def vae_step(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     a, b = x[: len(x) // 2], x[len(x) // 2:]
     recon, mean, _ = model(a, b)
     return multiscale_error(recon, b.float(), (1, 2, 4)) + mean.pow(2).sum()
+
+
+def gan_step(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The work of one GAN batch (critic on real and generated pairs, generator through the critic) as one loss."""
+    a, b = x[: len(x) // 2], x[len(x) // 2:]
+    fake = module.model(a, torch.randn(len(a), module.cfg.noise_dim))
+    critic = module.critic
+    loss_d = F.relu(1 - critic(a, b)).mean() + F.relu(1 + critic(a, fake.detach())).mean()
+    return loss_d - critic(a, fake).mean()
 
 
 def measure(make, step, batch: int, steps: int, bf16: bool, channels_last: bool) -> float:
@@ -53,6 +64,7 @@ def main() -> None:
     cases = {
         "siamese (batch 128)": (lambda: SiameseNet(28), siamese_step, 128),
         "vae (64 pairs)": (lambda: build(VAEConfig(), 28), vae_step, 128),
+        "gan (64 pairs)": (lambda: gan.GANModule(gan.build(gan.GANConfig(), 28), gan.GANConfig()), gan_step, 128),
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'model':<22}{'precision':<10}{'layout':<15}{'images/s':>10}{'vs fp32':>9}")

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import _check
 from pipeline.data import OmniglotSet, to_tensor
@@ -22,6 +23,7 @@ class EvaluationConfig:
     consistency_way: int = 20  # N-way alternatives when checking synthetic drawings' class identity
     baseline: str = "baseline"  # the variant every other one is compared with
     compare_with: tuple[str, ...] = ()  # further references for paired deltas (not vs the baseline)
+    synthetic_support: bool = True  # also score generator variants with exemplar + synthetic prototypes
     seed: int = 0
 
     def validate(self, key: str) -> None:
@@ -143,3 +145,51 @@ def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, dataset_embeddings
         "real_class_consistency": round(class_consistency(real_emb, own_real, ex_emb, way, rng), 5),
         "synthetic_diversity": round(float(np.nanmean(diversity)), 5),
     }
+
+
+def fixed_support_episodes(dataset: OmniglotSet, exemplar_idx: np.ndarray, n_way: int, n_episodes: int,
+                           seed: int) -> Episodes:
+    """N-way episodes over the classes of `exemplar_idx` whose support is always that exemplar.
+
+    The query is another drawer's drawing, as in the headline protocol; only the support drawer
+    is fixed, so that an exemplar's synthetic drawings can join it as a prototype.
+    """
+    support_drawer = np.full(len(dataset.class_role), -1, dtype=np.int64)
+    support_drawer[dataset.labels[exemplar_idx]] = dataset.drawers[exemplar_idx]
+    return sample_episodes(dataset.labels, dataset.drawers, dataset.labels[exemplar_idx], n_way, n_episodes,
+                           np.random.default_rng([seed, 1]), support_drawer=support_drawer,
+                           name=f"{n_way}-way episodes with a fixed novel-class exemplar as support")
+
+
+def prototype_embeddings(net: SiameseNet, embeddings: torch.Tensor, exemplar_idx: np.ndarray,
+                         synthetic: torch.Tensor, synthetic_owner: np.ndarray) -> torch.Tensor:
+    """`embeddings` [N, D] with each exemplar's row replaced by the mean of it and its synthetic drawings.
+
+    synthetic: [M, D] embeddings of synthetic drawings; synthetic_owner: [M] row in exemplar_idx of
+    each one's exemplar. Unit-length again for the cosine-similarity nets, as SiameseClassifier does.
+    """
+    out = embeddings.clone()
+    for k, i in enumerate(exemplar_idx):
+        members = torch.cat([embeddings[int(i)][None], synthetic[torch.from_numpy(synthetic_owner == k)]])
+        out[int(i)] = members.mean(0)
+    if net.head is None:
+        out[torch.from_numpy(exemplar_idx)] = F.normalize(out[torch.from_numpy(exemplar_idx)], dim=-1)
+    return out
+
+
+def synthetic_support(net: SiameseNet, dataset: OmniglotSet, embeddings: torch.Tensor, episodes: Episodes,
+                      exemplar_idx: np.ndarray, images: np.ndarray, labels: np.ndarray, key: str) -> dict[str, float]:
+    """Accuracy on fixed-exemplar episodes with the exemplar alone vs exemplar + synthetic prototypes, paired.
+
+    images, labels: the generator's synthetic drawings of the novel exemplars (uint8 [M, S, S], class [M]).
+    """
+    row_of_class = {int(c): k for k, c in enumerate(dataset.labels[exemplar_idx])}
+    owner = np.array([row_of_class[int(c)] for c in labels])
+    protos = prototype_embeddings(net, embeddings, exemplar_idx, embed_all(net, to_tensor(images)), owner)
+    alone = episode_accuracy(episode_scores(net, embeddings, episodes))
+    joined = episode_accuracy(episode_scores(net, protos, episodes))
+    m: dict[str, float] = {}
+    m[f"acc_{key}_exemplar"], m[f"acc_{key}_exemplar_ci95"] = mean_ci95(alone)
+    m[f"acc_{key}_prototype"], m[f"acc_{key}_prototype_ci95"] = mean_ci95(joined)
+    m[f"delta_{key}_prototype_vs_exemplar"], m[f"delta_{key}_prototype_vs_exemplar_ci95"] = mean_ci95(joined - alone)
+    return {k: round(v, 5) for k, v in m.items()}

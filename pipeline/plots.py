@@ -45,3 +45,17 @@ def accuracy_bars(metrics: dict[str, dict[str, float]], keys: list[str]) -> Figu
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def sweep_curve(sweeps: dict[str, pd.DataFrame], key: str) -> Figure:
+    """Headline accuracy (with 95% CI) against synthetic drawings per exemplar, one line per generator."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for generator, frame in sweeps.items():
+        ax.errorbar(frame["n_synthetic"], frame[key], yerr=frame[f"{key}_ci95"], marker="o", capsize=3,
+                    label=generator)
+    ax.set_xlabel("synthetic drawings per exemplar")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -9,22 +9,36 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline.config import _check
-from pipeline.data import to_tensor
+from pipeline.data import OmniglotSet, to_tensor
+
+
+def novel_exemplars(dataset: OmniglotSet, n_classes: int | None, seed: int) -> np.ndarray:
+    """Image index of one seeded exemplar drawing for each of `n_classes` novel classes (all when None).
+
+    Every generator draws from the same exemplars, so their measures and prototypes are paired.
+    """
+    rng = np.random.default_rng(seed)
+    novel = dataset.classes("novel")
+    if n_classes is not None and n_classes < len(novel):
+        novel = np.sort(rng.choice(novel, size=n_classes, replace=False))
+    return np.array([rng.choice(np.flatnonzero(dataset.labels == c)) for c in novel], dtype=np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthesisConfig:
     n_per_exemplar: int = 20
     temperature: float = 1.0  # z ~ N(0, temperature^2 I) for generators with a latent prior
-    n_novel_classes: int = 200  # novel classes synthesized for measuring identity (never trained on)
+    n_novel_classes: int | None = None  # novel classes drawn for the measures and prototypes; None = all
     grid_rows: int = 6  # rows per kind (training class, novel class) in the sample grid
     grid_columns: int = 10
     seed: int = 0
 
     def validate(self, key: str) -> None:
-        for name in ("n_per_exemplar", "n_novel_classes", "grid_rows", "grid_columns"):
+        for name in ("n_per_exemplar", "grid_rows", "grid_columns"):
             value = getattr(self, name)
             _check(value >= 0, f"{key}.{name}", value, "a count >= 0")
+        _check(self.n_novel_classes is None or self.n_novel_classes >= 2, f"{key}.n_novel_classes",
+               self.n_novel_classes, "null (every novel class) or a count >= 2")
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "a number > 0")
 
 

@@ -31,5 +31,10 @@ class SyntheticSet:
             return cls(images=data["images"], labels=data["labels"], generator=manifest.pop("generator"),
                        info=manifest)
 
-    def for_class(self, c: int) -> np.ndarray:
-        return self.images[self.labels == c]
+    def for_class(self, c: int, n: int | None = None) -> np.ndarray:
+        """The first `n` (all when None) synthetic drawings of class c, in the order they were drawn."""
+        drawn = self.images[self.labels == c]
+        if n is not None and self.generator != "none" and n > len(drawn):
+            raise ValueError(f"{n} synthetic drawings of class {c} were asked for, the {self.generator!r} set holds "
+                             f"{len(drawn)}; raise synthesis.n_per_exemplar or sweep.counts and rerun synthesize")
+        return drawn if n is None else drawn[:n]

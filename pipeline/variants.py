@@ -23,14 +23,28 @@ class VariantConfig:
                f"1..{DRAWERS} real drawings per class")
 
 
-def training_pools(dataset: OmniglotSet, variant: VariantConfig, synthetic: SyntheticSet) -> list[np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Accuracy against the number of synthetic drawings per exemplar, for each generator."""
+
+    counts: tuple[int, ...] = (0, 5, 10, 20, 50)
+
+    def validate(self, key: str) -> None:
+        _check(len(self.counts) > 0 and all(n >= 0 for n in self.counts)
+               and list(self.counts) == sorted(set(self.counts)), f"{key}.counts", self.counts,
+               "a non-empty increasing list of counts >= 0")
+
+
+def training_pools(dataset: OmniglotSet, variant: VariantConfig, synthetic: SyntheticSet,
+                   n_synthetic: int | None = None) -> list[np.ndarray]:
     """One uint8 image array per one-shot training class: its real drawings plus its synthetic ones.
 
-    The exemplar always comes first; further real drawings (oracle) follow in drawer order.
+    The exemplar always comes first; further real drawings (oracle) follow in drawer order, then
+    the first `n_synthetic` synthetic drawings of the class (all when None).
     """
     pools = []
     for c, ex in zip(dataset.classes("train"), dataset.exemplar_indices(), strict=True):
         others = np.flatnonzero((dataset.labels == c) & (np.arange(len(dataset.labels)) != ex))
         real = np.concatenate([[ex], others[: variant.real_per_class - 1]])
-        pools.append(np.concatenate([dataset.images[real], synthetic.for_class(int(c))]))
+        pools.append(np.concatenate([dataset.images[real], synthetic.for_class(int(c), n_synthetic)]))
     return pools

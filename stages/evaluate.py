@@ -18,16 +18,24 @@ import torch
 from pipeline import tracking
 from pipeline.config import TrackingConfig, load_params, section
 from pipeline.data import OmniglotSet, to_tensor
-from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy, summarize, synthetic_measures
+from pipeline.evaluation import (
+    EvaluationConfig,
+    build_episodes,
+    fixed_support_episodes,
+    per_episode_accuracy,
+    summarize,
+    synthetic_measures,
+    synthetic_support,
+)
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.plots import accuracy_bars, learning_curves
+from pipeline.plots import accuracy_bars, learning_curves, sweep_curve
 from pipeline.siamese import embed_all, load_siamese
 from pipeline.variants import VariantConfig
 
 
 def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict,
                   histories: dict[str, pd.DataFrame], args: argparse.Namespace, params: dict,
-                  pictures: list[Path]) -> str:
+                  pictures: list[Path], sweeps: dict[str, pd.DataFrame]) -> str:
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -41,6 +49,8 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
         mlflow.log_params({"evaluation." + k: str(v) for k, v in params["evaluation"].items()})
         for picture in pictures:
             mlflow.log_artifact(str(picture))
+        for generator in sweeps:
+            mlflow.log_artifact(str(Path(args.sweep) / f"{generator}.csv"), "sweep")
         for variant, vcfg in variants.items():
             ckpt = ckpts[variant]
             run_info = read_json(Path(args.classifiers) / variant / "run.json")
@@ -66,6 +76,11 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                     for start in range(0, len(batch), 1000):
                         client.log_batch(child.info.run_id, metrics=batch[start:start + 1000])
                     mlflow.log_artifact(str(Path(args.classifiers) / variant / "metrics.csv"), "history")
+                if vcfg.synthetic in sweeps:  # a curve in the UI: accuracy at step = synthetic drawings per exemplar
+                    frame = sweeps[vcfg.synthetic]
+                    key = next(c for c in frame.columns if c.startswith("acc_") and not c.endswith("_ci95"))
+                    for count, value in frame[["n_synthetic", key]].itertuples(index=False):
+                        mlflow.log_metric(f"sweep/{key}", float(value), step=int(count))
                 grid = Path(args.reports) / f"samples_{vcfg.synthetic}.png"
                 if vcfg.synthetic != "none" and grid.is_file():
                     mlflow.log_artifact(str(grid))
@@ -81,6 +96,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="prepared omniglot.npz")
     ap.add_argument("--classifiers", required=True, help="folder of <variant>/model.pt")
     ap.add_argument("--synthetic", required=True, help="folder of <generator>/ synthetic sets")
+    ap.add_argument("--reference", required=True, help="the reference embedding's model.pt (source classes only)")
+    ap.add_argument("--sweep", required=True, help="folder of <generator>.csv accuracy-vs-count sweeps")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     ap.add_argument("--reports", required=True, help="folder for pictures")
     args = ap.parse_args()
@@ -96,41 +113,51 @@ def main() -> None:
     dataset = OmniglotSet.load(args.data)
     episodes = build_episodes(dataset, cfg)
     images = to_tensor(dataset.images)
-    reference = next((v for v, c in variants.items() if c.ceiling), None)
-    accuracy, nets, ckpts, reference_embeddings = {}, {}, {}, None
+    accuracy, nets, ckpts, embeddings = {}, {}, {}, {}
     for variant in variants:
         path = Path(args.classifiers) / variant / "model.pt"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no trained classifier for variant {variant!r}; run `dvc repro`")
         nets[variant], ckpts[variant] = load_siamese(str(path))
-        embeddings = embed_all(nets[variant], images)
-        accuracy[variant] = per_episode_accuracy(nets[variant], embeddings, episodes)
-        if variant == reference:
-            reference_embeddings = embeddings
+        embeddings[variant] = embed_all(nets[variant], images)
+        accuracy[variant] = per_episode_accuracy(nets[variant], embeddings[variant], episodes)
     metrics = summarize(accuracy, cfg)
 
+    # What the generators make, seen by the reference embedding (source classes only), and whether
+    # their drawings help at test time too: each novel exemplar joined by its synthetic drawings.
+    reference, _ = load_siamese(args.reference)
+    reference_embeddings = embed_all(reference, images)
+    fixed = None
     for variant, vcfg in variants.items():
-        novel_file = Path(args.synthetic) / vcfg.synthetic / "novel.npz"
-        if vcfg.synthetic != "none" and reference is not None and novel_file.is_file():
-            assert reference_embeddings is not None
-            with np.load(novel_file) as novel:
-                metrics[variant].update(synthetic_measures(
-                    nets[reference], dataset, reference_embeddings, novel["exemplar_index"], novel["images"],
-                    novel["labels"], cfg))
+        if vcfg.synthetic == "none":
+            continue
+        with np.load(Path(args.synthetic) / vcfg.synthetic / "novel.npz") as novel:
+            ex_idx, syn_images, syn_labels = novel["exemplar_index"], novel["images"], novel["labels"]
+        metrics[variant].update(synthetic_measures(reference, dataset, reference_embeddings, ex_idx, syn_images,
+                                                   syn_labels, cfg))
+        if cfg.synthetic_support:
+            if fixed is None:
+                fixed = fixed_support_episodes(dataset, ex_idx, cfg.ways[0], cfg.n_episodes, cfg.seed)
+            metrics[variant].update(synthetic_support(nets[variant], dataset, embeddings[variant], fixed, ex_idx,
+                                                      syn_images, syn_labels, cfg.headline))
 
     reports = Path(args.reports)
     histories = {v: pd.read_csv(Path(args.classifiers) / v / "metrics.csv") for v in variants
                  if (Path(args.classifiers) / v / "metrics.csv").is_file()}
+    sweeps = {f.stem: pd.read_csv(f) for f in sorted(Path(args.sweep).glob("*.csv"))}
     pictures = []
-    for name, fig in (("curves.png", learning_curves(histories)),
-                      ("accuracy.png", accuracy_bars(metrics, [f"acc_{k}" for k in episodes]))):
+    figures = [("curves.png", learning_curves(histories)),
+               ("accuracy.png", accuracy_bars(metrics, [f"acc_{k}" for k in episodes]))]
+    if sweeps:
+        figures.append(("sweep.png", sweep_curve(sweeps, f"acc_{cfg.headline}")))
+    for name, fig in figures:
         with atomic_path(reports / name) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         pictures.append(reports / name)
     write_json(args.metrics, metrics)
 
     if uri is not None:
-        group = log_to_mlflow(metrics, variants, ckpts, nets, histories, args, params, pictures)
+        group = log_to_mlflow(metrics, variants, ckpts, nets, histories, args, params, pictures, sweeps)
         print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
     headline = f"acc_{cfg.headline}"
     for variant, m in metrics.items():

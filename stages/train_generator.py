@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,14 @@ def main() -> None:
             loggers.append(MLFlowLogger(experiment_name=tracking_cfg.experiment, tracking_uri=uri,
                                         run_name=f"generator:{args.name}",
                                         tags=tracking.run_tags(kind="generator", generator=args.name)))
-        trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers)
+        # GANs step two optimizers per batch, and Lightning counts each step.
+        steps = cfg.max_steps * getattr(module, "optimizer_steps_per_batch", 1)
+        trainer = build_trainer(trainer_cfg, steps, loggers)
+        start = time.perf_counter()
         trainer.fit(module, loader)
+        seconds = time.perf_counter() - start
+        images_per_s = cfg.max_steps * cfg.batch_size / seconds  # training pairs through the model per second
+        print(f"train_generator@{args.name}: {cfg.max_steps} steps in {seconds:.0f} s, {images_per_s:.0f} pairs/s")
 
         save_generator(args.name, export_model(model), tmp / "model.pt",
                        extra={"train_config": vars(cfg)})
@@ -70,8 +77,10 @@ def main() -> None:
         if uri is not None:
             mlf = loggers[1]
             mlf.experiment.log_artifact(mlf.run_id, str(tmp / "samples_source.png"))
+            mlf.experiment.log_metric(mlf.run_id, "perf/pairs_per_s", images_per_s)
             run_id = mlf.run_id
-        write_json(tmp / "run.json", {"mlflow_run_id": run_id, "tracking_uri": uri})
+        write_json(tmp / "run.json", {"mlflow_run_id": run_id, "tracking_uri": uri, "train_seconds": round(seconds, 1),
+                                      "pairs_per_s": round(images_per_s, 1)})
 
 
 if __name__ == "__main__":

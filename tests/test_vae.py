@@ -124,7 +124,7 @@ def test_load_generator_names_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_unknown_family_lists_the_available_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown generator 'nope'; available: vae"):
+    with pytest.raises(ValueError, match=r"unknown generator 'nope'; available: gan, vae"):
         get_family("nope")
 
 

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from pipeline.generators import vae
+from pipeline.generators import gan, vae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,7 @@ class GeneratorFamily:
 
 GENERATORS: dict[str, GeneratorFamily] = {
     "vae": GeneratorFamily(vae.VAEConfig, vae.ExemplarVAE, vae.VAEModule, vae.build),
+    "gan": GeneratorFamily(gan.GANConfig, gan.DAGANGenerator, gan.GANModule, gan.build),
 }
 
 

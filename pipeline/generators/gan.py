@@ -1,0 +1,235 @@
+"""DAGAN-style GAN (Antoniou, Storkey & Edwards 2017): an exemplar and noise in, a new drawing of its class out.
+
+Generator: a small U-Net of diffusers' ResNet blocks (encoder down to a 7 x 7 bottleneck, decoder
+with a skip connection) whose bottleneck and decoder blocks are scaled and shifted by an embedding
+of the noise vector: the noise is joined at the bottleneck, as in DAGAN. Critic: judges *pairs*, (exemplar,
+another real drawing of its class) against (exemplar, generated drawing), with spectral norm and
+the hinge loss; Lightning's manual optimization alternates the two.
+
+What the generator outputs, and why: like the VAE, a smooth displacement field that moves the
+exemplar's own strokes, not free pixels. A pixel decoder that sees the exemplar learns to copy it
+(faint, identical copies, noise ignored) long before it learns to redraw it, and on 2 CPU cores it
+never gets further. Moving strokes keeps the identity by construction, so adversarial training
+only has to learn *how* drawers differ. Noise that the generator ignores is caught twice: the
+critic sees exact copies as fake (real pairs are never identical), and a mode-seeking term
+(Mao et al. 2019) rewards two noise vectors for giving two different drawings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from pipeline.config import _check, positive
+from pipeline.generators.blocks import identity_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig:
+    noise_dim: int = 32
+    widths: tuple[int, ...] = (16, 64)  # U-Net channels per level: 14, 7 (after a strided input convolution)
+    critic_width: int = 32
+    max_displacement: float = 0.35  # largest stroke shift, as a fraction of half the image side
+    flow_resolution: int = 7  # the displacement field is made at this resolution, then smoothly upsampled
+    diversity_weight: float = 5.0  # weight of the mode-seeking term
+    diversity_cap: float = 0.05  # it stops paying once two fields' shapes differ by this much per unit noise
+    critic_steps: int = 1  # critic updates per generator update
+    batch_size: int = 64
+    lr_generator: float = 2e-4
+    lr_critic: float = 4e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    max_steps: int = 3000  # generator updates
+    seed: int = 0
+    precision: str | None = "32-true"  # overrides of params `trainer` (benchmarks/precision.py)
+    channels_last: bool | None = False
+
+    def validate(self, key: str) -> None:
+        positive(key, noise_dim=self.noise_dim, critic_width=self.critic_width,
+                 max_displacement=self.max_displacement, flow_resolution=self.flow_resolution,
+                 critic_steps=self.critic_steps, batch_size=self.batch_size, lr_generator=self.lr_generator,
+                 lr_critic=self.lr_critic, max_steps=self.max_steps)
+        _check(len(self.widths) >= 2 and all(w > 0 and w % 8 == 0 for w in self.widths), f"{key}.widths",
+               self.widths, "at least two channel counts, each a positive multiple of 8 (GroupNorm groups)")
+        _check(self.batch_size >= 2, f"{key}.batch_size", self.batch_size,
+               "at least 2 (half the batch is drawn twice, with two noise vectors)")
+        _check(self.diversity_weight >= 0, f"{key}.diversity_weight", self.diversity_weight, "a number >= 0")
+        _check(self.diversity_cap > 0, f"{key}.diversity_cap", self.diversity_cap, "a number > 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{key}.betas", self.betas,
+               "two Adam betas in [0, 1)")
+
+
+class DAGANGenerator(nn.Module):
+    """exemplar [B, 1, S, S] in 0..1, noise [B, noise_dim] -> new drawing [B, 1, S, S] in 0..1.
+
+    A strided convolution takes the exemplar to S/2; encoder levels of diffusers ResNet blocks
+    follow, down-sampling 2x between levels (widths (16, 64): 14 -> 7). The bottleneck block is
+    scaled and shifted by the noise embedding; the decoder goes back up one level, joined there by
+    the encoder's skip features (and the noise again), and makes the coarse displacement field.
+    Small on purpose: it must train in minutes on two CPU cores (params `generator.gan`).
+    """
+
+    def __init__(self, image_size: int = 28, noise_dim: int = 32, widths: tuple[int, ...] = (16, 64),
+                 max_displacement: float = 0.35, flow_resolution: int = 7):
+        super().__init__()
+        self.config = {"image_size": image_size, "noise_dim": noise_dim, "widths": tuple(widths),
+                       "max_displacement": max_displacement, "flow_resolution": flow_resolution}
+        down = 2 ** len(widths)
+        if image_size % down:
+            raise ValueError(f"image_size={image_size} must be divisible by {down} for {len(widths)} U-Net levels")
+        if flow_resolution > image_size:
+            raise ValueError(f"flow_resolution={flow_resolution} must be at most image_size={image_size}")
+        self.image_size = image_size
+        self.noise_dim = noise_dim
+        self.max_displacement = max_displacement
+        self.flow_resolution = flow_resolution
+        emb = 4 * widths[-1]
+        self.noise_embedding = nn.Sequential(nn.Linear(noise_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
+
+        def block(c_in: int, c_out: int, temb: int | None = None) -> ResnetBlock2D:
+            return ResnetBlock2D(in_channels=c_in, out_channels=c_out, temb_channels=temb,  # type: ignore[arg-type]
+                                 groups=min(8, c_in),
+                                 groups_out=min(8, c_out), time_embedding_norm="scale_shift" if temb else "default")
+
+        self.conv_in = nn.Conv2d(1, widths[0], 4, stride=2, padding=1)  # S -> S/2
+        self.encoder = nn.ModuleList(block(c_in, c_out)
+                                     for c_in, c_out in zip((widths[0], *widths[:-1]), widths, strict=True))
+        self.downsample = nn.ModuleList(Downsample2D(w, use_conv=True, padding=1) for w in widths[:-1])
+        self.bottleneck = block(widths[-1], widths[-1], emb)
+        self.upsample = Upsample2D(widths[-1], use_conv=False)
+        self.decoder = block(widths[-1] + widths[-2], widths[-2], emb)
+        self.to_flow = nn.Conv2d(widths[-2], 2, 3, padding=1)
+        # Start as the identity warp: the first drawings are copies, which the critic calls fake.
+        nn.init.zeros_(self.to_flow.weight)
+        nn.init.zeros_(self.to_flow.bias)  # type: ignore[arg-type]
+
+    def flow(self, exemplar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Displacement field [B, S, S, 2] in grid units (-1..1 spans the image)."""
+        cond = self.noise_embedding(noise)
+        h = self.conv_in(exemplar * 2 - 1)
+        skips = []
+        for k, block in enumerate(self.encoder):
+            h = block(h, None)
+            if k < len(self.downsample):
+                skips.append(h)
+                h = self.downsample[k](h)
+        h = self.bottleneck(h, cond)  # the noise joins at the bottleneck
+        h = self.decoder(torch.cat([self.upsample(h), skips[-1]], dim=1), cond)
+        coarse = F.adaptive_avg_pool2d(self.to_flow(h).float(), self.flow_resolution)  # smooth: few degrees of freedom
+        dense = F.interpolate(coarse, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        return (torch.tanh(dense) * self.max_displacement).permute(0, 2, 3, 1)
+
+    def warp(self, exemplar: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """Resample the exemplar's strokes along a displacement field [B, S, S, 2]."""
+        grid = identity_grid(len(exemplar), self.image_size, exemplar.device) + flow
+        return F.grid_sample(exemplar.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def forward(self, exemplar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.warp(exemplar, self.flow(exemplar, noise))
+
+    @torch.no_grad()
+    def generate(self, exemplars: torch.Tensor, n: int, generator: torch.Generator,
+                 temperature: float = 1.0) -> torch.Tensor:
+        """n new drawings per exemplar: [B, 1, S, S] -> [B, n, 1, S, S]; noise ~ N(0, temperature^2 I)."""
+        b = len(exemplars)
+        noise = torch.randn(b * n, self.noise_dim, generator=generator, device=exemplars.device) * temperature
+        drawn = self(exemplars.repeat_interleave(n, dim=0), noise)
+        return drawn.view(b, n, 1, self.image_size, self.image_size)
+
+
+class PairCritic(nn.Module):
+    """(exemplar, drawing) pair [B, 2, S, S] -> realness score [B]; spectrally normalised convolutions."""
+
+    def __init__(self, image_size: int = 28, width: int = 32):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            spectral_norm(nn.Conv2d(2, w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/2
+            spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/4
+            spectral_norm(nn.Conv2d(2 * w, 4 * w, 3, padding=1)), nn.LeakyReLU(0.2),
+        )
+        self.head = spectral_norm(nn.Linear(4 * w, 1))
+
+    def forward(self, exemplar: torch.Tensor, drawing: torch.Tensor) -> torch.Tensor:
+        h = self.net(torch.cat([exemplar, drawing], dim=1) * 2 - 1)
+        return self.head(h.sum(dim=(2, 3))).squeeze(1)  # global sum pooling, as in SN-GAN
+
+
+class GANModule(pl.LightningModule):
+    """Hinge-loss GAN on same-class pairs of the source classes, with manual optimization.
+
+    Per batch: `critic_steps` critic updates on (exemplar, real) vs (exemplar, G(exemplar, z)), then
+    one generator update: fool the critic, and make two noise vectors give two different drawings.
+    """
+
+    def __init__(self, model: DAGANGenerator, cfg: GANConfig):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.critic = PairCritic(model.image_size, cfg.critic_width)
+        self.cfg = cfg
+        self.save_hyperparameters({"gan": dataclasses.asdict(cfg), "model": model.config})
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Lightning counts every optimizer step in `max_steps`: the critic's and the generator's."""
+        return self.cfg.critic_steps + 1
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        pair_exemplar, real = batch
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
+        # Two noise vectors for each of half the exemplars: their two drawings must differ (mode seeking).
+        # One generator pass per batch: the critic learns on its output detached, then the generator
+        # learns through the updated critic.
+        half = len(pair_exemplar) // 2
+        exemplar = pair_exemplar[:half].repeat(2, 1, 1, 1)
+        z = torch.randn(2 * half, self.cfg.noise_dim, device=exemplar.device)
+        flow = self.model.flow(exemplar, z)
+        fake = self.model.warp(exemplar, flow)
+
+        for _ in range(self.cfg.critic_steps):
+            d_real, d_fake = self.critic(pair_exemplar, real), self.critic(exemplar, fake.detach())
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+
+        loss_adv = -self.critic(exemplar, fake).mean()
+        # Mode seeking on the *shape* of the two fields: their difference less its mean shift, since
+        # moving the whole drawing is the cheapest way to differ and the classic transforms do it already.
+        d = flow[:half] - flow[half:]
+        spread = (d - d.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2, 3)) / (z[:half] - z[half:]).abs().mean(1)
+        loss_div = -spread.clamp(max=self.cfg.diversity_cap).mean()
+        loss_g = loss_adv + self.cfg.diversity_weight * loss_div
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        for sched in self.lr_schedulers():  # type: ignore[union-attr]
+            sched.step()
+
+        copy = (pair_exemplar - real).abs().mean()
+        self.log_dict({"train/loss_critic": loss_d, "train/loss_generator": loss_adv, "train/spread": spread.mean(),
+                       "train/critic_gap": d_real.mean() - d_fake.mean(),
+                       "train/change_vs_pair_change": (fake - exemplar).abs().mean() / copy.clamp_min(1e-6)},
+                      prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr_generator, betas=cfg.betas)
+        opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic, betas=cfg.betas)
+        # Linear decay to zero over the run: a calmer end than a constant rate for the samples kept.
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / cfg.max_steps))
+                  for o in (opt_g, opt_d)]
+        return [opt_g, opt_d], scheds
+
+
+def build(cfg: GANConfig, image_size: int) -> DAGANGenerator:
+    return DAGANGenerator(image_size, cfg.noise_dim, cfg.widths, cfg.max_displacement, cfg.flow_resolution)

@@ -1,0 +1,331 @@
+"""DAGAN-style GAN: generator and critic contracts, checkpoints, params, and a few real training steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from pipeline.config import DataConfig, ParamsError, from_dict, load_params, section
+from pipeline.data import OmniglotSet
+from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
+from pipeline.generators.blocks import SameClassPairs
+from pipeline.generators.gan import DAGANGenerator, GANConfig, GANModule, PairCritic, build
+
+SIZE, NOISE, WIDTHS, FLOW = 16, 4, (8, 16), 4
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(single_thread: None) -> None:
+    """Tiny networks: see conftest.single_thread."""
+
+
+def tiny_generator(seed: int = 0, identity: bool = False) -> DAGANGenerator:
+    """A small generator; unless `identity`, its flow layer is randomised so that the noise changes the drawing."""
+    torch.manual_seed(seed)
+    model = DAGANGenerator(SIZE, noise_dim=NOISE, widths=WIDTHS, max_displacement=0.35, flow_resolution=FLOW)
+    if not identity:
+        nn.init.normal_(model.to_flow.weight, std=0.3)
+        nn.init.normal_(model.to_flow.bias, std=0.3)
+    return model.eval()
+
+
+def drawings(n: int, seed: int = 0) -> torch.Tensor:
+    """Smooth blob drawings [n, 1, S, S] in 0..1 with an empty 3-pixel border."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = (torch.rand(n, 1, SIZE // 4, SIZE // 4, generator=g) < 0.35).float()
+    x = F.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return F.pad(x[:, :, 3:-3, 3:-3], (3, 3, 3, 3))
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def noise(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, NOISE, generator=seeded(seed))
+
+
+# ---------------------------------------------------------------------------- the generator
+
+
+def test_forward_and_flow_shapes() -> None:
+    model, x = tiny_generator(), drawings(3)
+    with torch.no_grad():
+        out, flow = model(x, noise(3, 0)), model.flow(x, noise(3, 0))
+    assert out.shape == (3, 1, SIZE, SIZE) and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert flow.shape == (3, SIZE, SIZE, 2)
+    assert float(flow.abs().max()) <= 0.35, "tanh bounds the displacement by max_displacement"
+    assert float(flow.abs().max()) > 0.01, "a randomised flow layer moves the strokes"
+
+
+def test_generate_shape_and_range() -> None:
+    model, x = tiny_generator(), drawings(2)
+    out = model.generate(x, 5, generator=seeded(0))
+    assert out.shape == (2, 5, 1, SIZE, SIZE)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not torch.allclose(out[:, 0], x), "a randomised flow should move the strokes"
+    assert not torch.allclose(out[:, 0], out[:, 1]), "two noise vectors should give two drawings"
+
+
+def test_zero_temperature_gives_one_drawing_per_exemplar() -> None:
+    """noise ~ N(0, temperature^2 I): at temperature 0 every sample of an exemplar is the same drawing."""
+    model, x = tiny_generator(), drawings(2)
+    out = model.generate(x, 3, generator=seeded(0), temperature=0.0)
+    with torch.no_grad():
+        expected = model(x, torch.zeros(2, NOISE))
+    torch.testing.assert_close(out, expected[:, None].expand(-1, 3, -1, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_initial_generator_is_the_identity_warp() -> None:
+    """The zero-initialised flow layer: whatever the noise, the output is the exemplar (bilinear rounding only)."""
+    model = tiny_generator(identity=True)
+    x = drawings(3)
+    with torch.no_grad():
+        flow = model.flow(x, noise(3, 1) * 3)
+        out = model(x, noise(3, 1) * 3)
+    assert torch.equal(flow, torch.zeros_like(flow))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+    copies = model.generate(x, 2, generator=seeded(0))
+    torch.testing.assert_close(copies, x[:, None].expand(-1, 2, -1, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_the_noise_changes_the_drawing() -> None:
+    model, x = tiny_generator(), drawings(1).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        out = model(x, noise(2, 0))
+    assert float((out[0] - out[1]).abs().mean()) > 1e-3
+    with torch.no_grad():
+        same = model(x, noise(1, 0).expand(2, -1))
+    torch.testing.assert_close(same[0], same[1], atol=1e-6, rtol=0)
+
+
+def test_generate_is_seeded_by_its_generator() -> None:
+    model, x = tiny_generator(), drawings(2)
+    first = model.generate(x, 3, generator=seeded(5))
+    assert torch.equal(first, model.generate(x, 3, generator=seeded(5)))
+    assert not torch.allclose(first, model.generate(x, 3, generator=seeded(6)))
+
+
+@pytest.mark.parametrize(
+    ("image_size", "widths", "factor"), [(28, (16, 32, 64), 8), (18, (8, 16), 4), (24, (8, 8, 8, 8), 16)]
+)
+def test_image_size_must_divide(image_size: int, widths: tuple[int, ...], factor: int) -> None:
+    with pytest.raises(ValueError, match=f"image_size={image_size} must be divisible by {factor} "
+                                         f"for {len(widths)} U-Net levels"):
+        DAGANGenerator(image_size, noise_dim=2, widths=widths)
+
+
+def test_flow_resolution_must_fit_the_image() -> None:
+    with pytest.raises(ValueError, match="flow_resolution=17 must be at most image_size=16"):
+        DAGANGenerator(16, noise_dim=2, widths=(8, 16), flow_resolution=17)
+    DAGANGenerator(16, noise_dim=2, widths=(8, 16), flow_resolution=16)  # the whole image is allowed
+
+
+# ---------------------------------------------------------------------------- the critic
+
+
+def test_critic_scores_each_pair() -> None:
+    torch.manual_seed(0)
+    critic = PairCritic(SIZE, width=8).eval()
+    x, y = drawings(5, seed=0), drawings(5, seed=1)
+    score = critic(x, y)
+    assert score.shape == (5,) and torch.isfinite(score).all()
+    assert not torch.allclose(critic(x, x), score), "the score depends on the drawing, not the exemplar alone"
+
+
+def test_critic_layers_are_spectrally_normalised() -> None:
+    """Every convolution and linear layer is parametrized; even raw weights 10x too large act with norm ~1."""
+    torch.manual_seed(0)
+    critic = PairCritic(SIZE, width=8).train()
+    layers = [m for m in critic.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 4
+    assert all(parametrize.is_parametrized(m, "weight") for m in layers)
+    with torch.no_grad():
+        for m in layers:
+            m.parametrizations.weight.original.mul_(10.0)
+    x = drawings(4)
+    for _ in range(3):  # each training-mode forward refines the power-iteration estimate once
+        critic(x, x)
+    for m in layers:
+        w = m.weight.detach()
+        largest = float(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2))
+        assert largest == pytest.approx(1.0, abs=0.05), f"{m}: largest singular value {largest}"
+        raw = m.parametrizations.weight.original.detach()
+        assert float(torch.linalg.matrix_norm(raw.reshape(raw.shape[0], -1), ord=2)) > 3
+
+
+# ---------------------------------------------------------------------------- registry and checkpoints
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    model, x = tiny_generator(), drawings(2)
+    path = tmp_path / "gan.pt"
+    save_generator("gan", model, path, extra={"steps": 3})
+    loaded, ckpt = load_generator(path)  # nothing but the file: family and config come with it
+    assert isinstance(loaded, DAGANGenerator) and not loaded.training
+    expected = {"image_size": SIZE, "noise_dim": NOISE, "widths": WIDTHS, "max_displacement": 0.35,
+                "flow_resolution": FLOW}
+    assert loaded.config == expected and ckpt["config"] == expected
+    assert ckpt["family"] == "gan" and ckpt["kind"] == "generator" and ckpt["steps"] == 3
+    assert torch.equal(loaded.generate(x, 3, generator=seeded(2)), model.generate(x, 3, generator=seeded(2)))
+    rebuilt = DAGANGenerator(**ckpt["config"])
+    rebuilt.load_state_dict(ckpt["state_dict"])  # the config alone builds a model these weights fit
+
+
+def test_gan_family_builds_its_model() -> None:
+    family = get_family("gan")
+    assert family is GENERATORS["gan"]
+    assert family.config is GANConfig and family.model is DAGANGenerator and family.module is GANModule
+    model = family.build(GANConfig(noise_dim=3, widths=(8, 16), max_displacement=0.2, flow_resolution=5), 16)
+    assert isinstance(model, DAGANGenerator)
+    assert model.config == {"image_size": 16, "noise_dim": 3, "widths": (8, 16), "max_displacement": 0.2,
+                            "flow_resolution": 5}
+
+
+def test_unknown_family_lists_both_generators() -> None:
+    with pytest.raises(ValueError, match=r"unknown generator 'nope'; available: gan, vae"):
+        get_family("nope")
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_from_params_turns_lists_into_tuples() -> None:
+    cfg = from_dict(GANConfig, {"widths": [8, 16, 32], "betas": [0, 0.99], "diversity_weight": 0},
+                    "generator.gan")
+    assert cfg.widths == (8, 16, 32) and cfg.betas == (0.0, 0.99) and cfg.diversity_weight == 0.0
+    assert all(isinstance(b, float) for b in cfg.betas)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"widths": [12, 16]}, "generator.gan.widths"),
+        ({"widths": [16]}, "generator.gan.widths"),
+        ({"widths": [16, 0]}, "generator.gan.widths"),
+        ({"diversity_weight": -0.5}, "generator.gan.diversity_weight"),
+        ({"diversity_cap": 0}, "generator.gan.diversity_cap"),
+        ({"betas": [0.5, 1.0]}, "generator.gan.betas"),
+        ({"betas": [-0.1, 0.9]}, "generator.gan.betas"),
+        ({"betas": [0.9]}, "generator.gan.betas"),
+        ({"max_steps": 0}, "generator.gan.max_steps"),
+        ({"critic_steps": 0}, "generator.gan.critic_steps"),
+        ({"noise_dim": 0}, "generator.gan.noise_dim"),
+        ({"flow_resolution": 0}, "generator.gan.flow_resolution"),
+        ({"lr_critic": 0}, "generator.gan.lr_critic"),
+        ({"max_displacement": -0.1}, "generator.gan.max_displacement"),
+    ],
+)
+def test_config_rejects_bad_values(values: dict[str, object], key: str) -> None:
+    with pytest.raises(ParamsError, match=f"`{key}`"):
+        from_dict(GANConfig, values, "generator.gan")
+
+
+def test_config_rejects_a_batch_too_small_for_noise_pairs() -> None:
+    """Each batch pairs two noise vectors on half its exemplars: with one pair there is no half to train on.
+
+    Library bug (pipeline/generators/gan.py, GANConfig.validate): batch_size=1 is accepted, and the
+    first training step then fails deep inside affine_grid ("Expected non-zero, positive output size").
+    """
+    with pytest.raises(ParamsError, match=r"`generator\.gan\.batch_size`"):
+        from_dict(GANConfig, {"batch_size": 1}, "generator.gan")
+
+
+def test_shipped_params_build_the_generator() -> None:
+    """params.yaml's `generator.gan` section must build at `data.image_size`, or train_generator@gan fails.
+
+    Library bug (params.yaml `generator.gan.widths: [16, 32, 64]`): three U-Net levels need an image
+    side divisible by 8, and `data.image_size` is 28 (GANConfig's default widths (16, 64) work).
+    """
+    params = load_params(PARAMS)
+    cfg = section(params, GANConfig, "generator.gan")
+    image_size = section(params, DataConfig, "data").image_size
+    model = build(cfg, image_size)
+    assert model.config["image_size"] == image_size
+
+
+# ---------------------------------------------------------------------------- training
+
+
+TRAIN_CFG = {"noise_dim": NOISE, "widths": list(WIDTHS), "critic_width": 8, "batch_size": 8}
+
+
+def source_pairs(dataset: OmniglotSet, batch_size: int, seed: int) -> SameClassPairs:
+    source = dataset.indices("source")
+    return SameClassPairs(dataset.images[source], dataset.labels[source], batch_size, seed)
+
+
+def fit(dataset: OmniglotSet, cfg: GANConfig, steps: int) -> tuple[GANModule, pl.Trainer]:
+    pl.seed_everything(cfg.seed, verbose=False)
+    module = GANModule(build(cfg, int(dataset.images.shape[-1])), cfg)
+    # As the train_generator stage does: Lightning's max_steps counts the critic's steps as well.
+    trainer = pl.Trainer(max_steps=steps * module.optimizer_steps_per_batch, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    loader = torch.utils.data.DataLoader(source_pairs(dataset, cfg.batch_size, cfg.seed), batch_size=None)
+    trainer.fit(module, loader)  # an endless loader: only max_steps stops it
+    return module, trainer
+
+
+def optimizer_step_count(optimizer: torch.optim.Optimizer) -> int:
+    return {int(state["step"]) for state in optimizer.state.values()}.pop()
+
+
+@pytest.mark.parametrize("critic_steps", [1, 2])
+def test_one_batch_per_generator_update(tiny_omniglot: tuple[OmniglotSet, dict], critic_steps: int) -> None:
+    """max_steps = steps x optimizer_steps_per_batch runs `steps` batches, and the lr decays to 0 at the last."""
+    dataset, _ = tiny_omniglot
+    steps = 3
+    cfg = from_dict(GANConfig, {**TRAIN_CFG, "critic_steps": critic_steps, "max_steps": steps}, "generator.gan")
+    module, trainer = fit(dataset, cfg, steps)
+    assert module.optimizer_steps_per_batch == critic_steps + 1
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == steps
+    assert trainer.global_step == steps * (critic_steps + 1)
+    opt_g, opt_d = trainer.optimizers
+    assert {id(p) for p in opt_g.param_groups[0]["params"]} == {id(p) for p in module.model.parameters()}
+    assert optimizer_step_count(opt_g) == steps
+    assert optimizer_step_count(opt_d) == steps * critic_steps
+    assert opt_g.param_groups[0]["lr"] == 0.0 and opt_d.param_groups[0]["lr"] == 0.0
+    logged = trainer.callback_metrics
+    for key in ("train/loss_critic", "train/loss_generator", "train/spread", "train/critic_gap",
+                "train/change_vs_pair_change"):
+        assert key in logged and torch.isfinite(logged[key]), key
+
+
+def test_a_few_steps_lower_the_critic_loss(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    """On held-out real pairs vs the generator's drawings, the hinge loss falls below 2, a constant critic's.
+
+    The generator starts as the identity warp, so its drawings are copies of the exemplar, and real
+    pairs are never identical: a critic that learns anything learns to tell the two apart.
+    """
+    dataset, _ = tiny_omniglot
+    steps = 40
+    cfg = from_dict(GANConfig, {**TRAIN_CFG, "lr_critic": 4e-3, "lr_generator": 2e-4, "max_steps": steps},
+                    "generator.gan")
+    held_exemplar, held_real = next(iter(source_pairs(dataset, 16, seed=99)))
+    held_noise = torch.randn(16, NOISE, generator=seeded(1))
+
+    def held_critic_loss(module: GANModule) -> float:
+        module.eval()
+        with torch.no_grad():
+            fake = module.model(held_exemplar, held_noise)
+            d_real, d_fake = module.critic(held_exemplar, held_real), module.critic(held_exemplar, fake)
+        return float(F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean())
+
+    pl.seed_everything(cfg.seed, verbose=False)
+    before = held_critic_loss(GANModule(build(cfg, 28), cfg))  # the same initial weights as fit() builds
+    module, trainer = fit(dataset, cfg, steps)
+    after = held_critic_loss(module)
+    assert after < before
+    assert after < 1.9, f"held-out hinge loss {after:.3f}: no better than a critic that always says 0"
+    assert float(trainer.callback_metrics["train/loss_critic"]) < 2.0
+    assert np.isfinite(after) and all(torch.isfinite(p).all() for p in module.parameters())

@@ -1,0 +1,325 @@
+"""Using generated drawings: synthetic-support prototypes, fixed-exemplar episodes, the sweep's nested sets."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.augment import ClassicAugmentConfig
+from pipeline.config import ParamsError, from_dict
+from pipeline.data import DRAWERS, OmniglotSet, to_tensor
+from pipeline.episodes import EpisodeError
+from pipeline.evaluation import fixed_support_episodes, prototype_embeddings, synthetic_support
+from pipeline.siamese import SiameseClassifier, SiameseConfig, SiameseNet, embed_all, load_siamese, save_siamese
+from pipeline.synthesis import novel_exemplars
+from pipeline.synthetic import SyntheticSet
+from pipeline.variants import SweepConfig, VariantConfig, training_pools
+from stages.sweep import reusable
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(single_thread: None) -> None:
+    """Tiny networks: see conftest.single_thread."""
+
+
+def metric_net() -> SiameseNet:
+    """Only its kind matters to prototype_embeddings: cosine similarity of unit embeddings."""
+    return SiameseNet(16, channels=2, embedding_dim=3)
+
+
+# ---------------------------------------------------------------------------- prototypes
+
+
+EMBEDDINGS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]])  # [N = 4, D]
+
+
+def test_prototype_replaces_the_exemplar_by_its_normalised_mean() -> None:
+    exemplar_idx = np.array([0, 2])  # exemplar rows 0 and 2 of EMBEDDINGS; rows 1 and 3 are other drawings
+    synthetic = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    owner = np.array([0, 0, 1])  # row in exemplar_idx: two drawings of exemplar 0, one of exemplar 1
+    before = EMBEDDINGS.clone()
+    out = prototype_embeddings(metric_net(), EMBEDDINGS, exemplar_idx, synthetic, owner)
+    # mean([1,0,0], [0,1,0], [0,1,0]) = [1/3, 2/3, 0], unit length again: [1, 2, 0] / sqrt(5)
+    torch.testing.assert_close(out[0], torch.tensor([1.0, 2.0, 0.0]) / 5**0.5)
+    torch.testing.assert_close(out[2], torch.tensor([1.0, 0.0, 1.0]) / 2**0.5)
+    assert torch.equal(out[[1, 3]], EMBEDDINGS[[1, 3]]), "rows that are no exemplar stay as they were"
+    assert torch.equal(EMBEDDINGS, before), "the input is not changed in place"
+
+
+def test_prototype_of_copies_or_of_nothing_is_the_exemplar() -> None:
+    exemplar_idx = np.array([3, 1])
+    copies = EMBEDDINGS[[3, 3, 3]]
+    out = prototype_embeddings(metric_net(), EMBEDDINGS, exemplar_idx, copies, np.array([0, 0, 0]))
+    torch.testing.assert_close(out, EMBEDDINGS)  # exemplar 1 (row 1) has no synthetic drawing at all
+    none = prototype_embeddings(metric_net(), EMBEDDINGS, exemplar_idx, torch.empty(0, 3), np.array([], np.int64))
+    torch.testing.assert_close(none, EMBEDDINGS)
+
+
+def test_prototype_of_a_bce_net_is_the_plain_mean() -> None:
+    """The Koch et al. head compares raw embeddings: the mean is not scaled back to unit length."""
+    net = SiameseNet(16, channels=2, embedding_dim=3, loss="bce")
+    out = prototype_embeddings(net, EMBEDDINGS, np.array([0]), torch.tensor([[0.0, 1.0, 0.0]] * 2), np.array([0, 0]))
+    torch.testing.assert_close(out[0], torch.tensor([1 / 3, 2 / 3, 0.0]))
+    assert torch.equal(out[1:], EMBEDDINGS[1:])
+
+
+# ---------------------------------------------------------------------------- fixed-exemplar episodes
+
+
+def exemplar_of(dataset: OmniglotSet, exemplar_idx: np.ndarray) -> dict[int, int]:
+    return {int(dataset.labels[i]): int(i) for i in exemplar_idx}
+
+
+def test_fixed_support_episodes_use_the_exemplar(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    """Every support is its class's given exemplar; every query another drawer's drawing of the same class."""
+    dataset, _ = tiny_omniglot
+    exemplar_idx = novel_exemplars(dataset, 10, seed=3)
+    episodes = fixed_support_episodes(dataset, exemplar_idx, n_way=5, n_episodes=40, seed=0)
+    assert episodes.support.shape == episodes.query.shape == (40, 5)
+    given = exemplar_of(dataset, exemplar_idx)
+    support_class, query_class = dataset.labels[episodes.support], dataset.labels[episodes.query]
+    assert set(support_class.ravel()) == set(given), "only the classes of the given exemplars, every one of them"
+    assert all(len(set(row)) == 5 for row in support_class), "five different classes per episode"
+    assert all(int(s) == given[int(c)] for s, c in zip(episodes.support.ravel(), support_class.ravel(), strict=True))
+    np.testing.assert_array_equal(query_class, support_class)
+    assert (dataset.drawers[episodes.query] != dataset.drawers[episodes.support]).all()
+    assert len(set(dataset.drawers[episodes.query].ravel())) > 5, "the query drawer is drawn, not fixed"
+
+
+def test_fixed_support_episodes_are_seeded(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    dataset, _ = tiny_omniglot
+    exemplar_idx = novel_exemplars(dataset, None, seed=0)
+    first = fixed_support_episodes(dataset, exemplar_idx, 5, 20, seed=1)
+    again = fixed_support_episodes(dataset, exemplar_idx, 5, 20, seed=1)
+    other = fixed_support_episodes(dataset, exemplar_idx, 5, 20, seed=2)
+    np.testing.assert_array_equal(first.support, again.support)
+    np.testing.assert_array_equal(first.query, again.query)
+    assert not np.array_equal(first.query, other.query)
+
+
+def test_fixed_support_episodes_refuse_too_many_ways(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    dataset, _ = tiny_omniglot
+    exemplar_idx = novel_exemplars(dataset, 6, seed=0)
+    with pytest.raises(EpisodeError, match=r"7-way episodes with a fixed novel-class exemplar as support: n_way=7 "
+                                           r"but only 6 classes are available in total; lower n_way to at most 6"):
+        fixed_support_episodes(dataset, exemplar_idx, n_way=7, n_episodes=5, seed=0)
+
+
+# ---------------------------------------------------------------------------- synthetic support
+
+
+def test_copies_of_the_exemplars_change_no_episode(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    """Synthetic drawings that are exact copies leave each prototype at its exemplar: delta 0, paired CI 0."""
+    dataset, _ = tiny_omniglot
+    torch.manual_seed(0)
+    net = SiameseNet(28, channels=8, embedding_dim=16)
+    embeddings = embed_all(net, to_tensor(dataset.images))
+    exemplar_idx = novel_exemplars(dataset, None, seed=0)
+    episodes = fixed_support_episodes(dataset, exemplar_idx, n_way=5, n_episodes=60, seed=0)
+    copies = np.repeat(dataset.images[exemplar_idx], 3, axis=0)
+    labels = np.repeat(dataset.labels[exemplar_idx], 3)
+    m = synthetic_support(net, dataset, embeddings, episodes, exemplar_idx, copies, labels, "5way_fixed")
+    assert set(m) == {"acc_5way_fixed_exemplar", "acc_5way_fixed_exemplar_ci95", "acc_5way_fixed_prototype",
+                      "acc_5way_fixed_prototype_ci95", "delta_5way_fixed_prototype_vs_exemplar",
+                      "delta_5way_fixed_prototype_vs_exemplar_ci95"}
+    assert m["acc_5way_fixed_prototype"] == m["acc_5way_fixed_exemplar"]
+    assert m["acc_5way_fixed_prototype_ci95"] == m["acc_5way_fixed_exemplar_ci95"] > 0
+    assert m["delta_5way_fixed_prototype_vs_exemplar"] == 0.0
+    assert m["delta_5way_fixed_prototype_vs_exemplar_ci95"] == 0.0
+
+
+def test_other_classes_drawings_move_the_prototypes(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    """Drawings of the wrong class, five per exemplar, pull each prototype away from its class: accuracy falls."""
+    dataset, _ = tiny_omniglot
+    torch.manual_seed(0)
+    net = SiameseNet(28, channels=8, embedding_dim=16)
+    embeddings = embed_all(net, to_tensor(dataset.images))
+    exemplar_idx = novel_exemplars(dataset, None, seed=0)
+    episodes = fixed_support_episodes(dataset, exemplar_idx, n_way=5, n_episodes=60, seed=0)
+    wrong = np.repeat(dataset.images[np.roll(exemplar_idx, 1)], 5, axis=0)  # each the previous class's exemplar
+    labels = np.repeat(dataset.labels[exemplar_idx], 5)
+    m = synthetic_support(net, dataset, embeddings, episodes, exemplar_idx, wrong, labels, "k")
+    assert m["acc_k_prototype"] < m["acc_k_exemplar"] - 0.05
+    assert m["delta_k_prototype_vs_exemplar"] == pytest.approx(m["acc_k_prototype"] - m["acc_k_exemplar"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- novel exemplars
+
+
+def test_novel_exemplars_one_per_novel_class(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    dataset, _ = tiny_omniglot
+    novel = dataset.classes("novel")
+    idx = novel_exemplars(dataset, None, seed=0)
+    assert idx.dtype == np.int64
+    np.testing.assert_array_equal(dataset.labels[idx], novel)  # one each, in class order
+    np.testing.assert_array_equal(novel_exemplars(dataset, len(novel) + 5, seed=0), idx)  # more than held: all
+    assert len(set(dataset.drawers[idx])) > 1, "the drawer of each exemplar is drawn, not fixed"
+
+
+def test_novel_exemplars_of_some_classes(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+    dataset, _ = tiny_omniglot
+    idx = novel_exemplars(dataset, 7, seed=0)
+    classes = dataset.labels[idx]
+    assert len(idx) == 7 and len(set(classes)) == 7
+    assert (dataset.class_role[classes] == "novel").all()
+    np.testing.assert_array_equal(novel_exemplars(dataset, 7, seed=0), idx)
+    assert not np.array_equal(novel_exemplars(dataset, 7, seed=1), idx)
+    assert not np.array_equal(novel_exemplars(dataset, None, seed=1), novel_exemplars(dataset, None, seed=0))
+
+
+# ---------------------------------------------------------------------------- nested synthetic sets
+
+ROLES = np.array(["source", "train", "novel", "train", "train"])
+EXEMPLAR_DRAWER = np.array([-1, 7, -1, 0, 19])  # classes 1, 3, 4 are the one-shot training classes
+TRAIN = [1, 3, 4]
+SIZE = 4
+
+
+@pytest.fixture
+def coded_dataset() -> OmniglotSet:
+    """5 classes x 20 drawers in class-then-drawer order; image i is constant with value i."""
+    n = len(ROLES) * DRAWERS
+    return OmniglotSet(
+        images=np.stack([np.full((SIZE, SIZE), i, np.uint8) for i in range(n)]),
+        labels=np.repeat(np.arange(len(ROLES)), DRAWERS),
+        drawers=np.tile(np.arange(DRAWERS), len(ROLES)),
+        class_alphabet=np.array(["A"] * len(ROLES)),
+        class_character=np.array([f"character{c:02d}" for c in range(len(ROLES))]),
+        class_role=ROLES,
+        exemplar_drawer=EXEMPLAR_DRAWER,
+    )
+
+
+def drawn_set(per_class: int = 4, generator: str = "gan") -> SyntheticSet:
+    """`per_class` drawings of each training class, drawn in rounds (classes 1, 3, 4, 1, 3, 4, ...); value 150 + k."""
+    labels = np.tile(TRAIN, per_class)
+    images = np.stack([np.full((SIZE, SIZE), 150 + k, np.uint8) for k in range(len(labels))])
+    return SyntheticSet(images=images, labels=labels, generator=generator)
+
+
+def values(pool: np.ndarray) -> list[int]:
+    """The code of each image in a pool (each image is constant)."""
+    assert (pool == pool[:, :1, :1]).all()
+    return pool[:, 0, 0].astype(int).tolist()
+
+
+def test_for_class_takes_the_first_n_in_drawing_order() -> None:
+    synthetic = drawn_set()
+    assert values(synthetic.for_class(3)) == [151, 154, 157, 160]
+    assert values(synthetic.for_class(3, 2)) == [151, 154]
+    assert values(synthetic.for_class(3, 4)) == [151, 154, 157, 160]
+    assert synthetic.for_class(3, 0).shape == (0, SIZE, SIZE)
+    assert synthetic.for_class(2).shape == (0, SIZE, SIZE), "a class never drawn has no drawings"
+
+
+def test_for_class_refuses_more_than_were_drawn() -> None:
+    with pytest.raises(ValueError, match=r"5 synthetic drawings of class 4 were asked for, the 'gan' set holds 4; "
+                                         r"raise synthesis\.n_per_exemplar or sweep\.counts and rerun synthesize"):
+        drawn_set().for_class(4, 5)
+
+
+def test_the_empty_set_gives_nothing_for_any_count() -> None:
+    """The real-only variants read the empty 'none' set whatever n_per_exemplar is."""
+    empty = SyntheticSet(images=np.empty((0, SIZE, SIZE), np.uint8), labels=np.empty(0, np.int64), generator="none")
+    assert empty.for_class(1, 20).shape == (0, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_pools_hold_the_exemplar_then_k_synthetic_drawings(coded_dataset: OmniglotSet, k: int) -> None:
+    synthetic = drawn_set()
+    variant = VariantConfig(real_per_class=1, synthetic="gan")
+    pools = training_pools(coded_dataset, variant, synthetic, n_synthetic=k)
+    full = training_pools(coded_dataset, variant, synthetic)
+    for c, pool, whole in zip(TRAIN, pools, full, strict=True):
+        codes = values(pool)
+        assert len(codes) == 1 + k
+        assert codes[0] == c * DRAWERS + EXEMPLAR_DRAWER[c], "the exemplar first"
+        assert codes[1:] == values(synthetic.for_class(c))[:k]
+        assert codes == values(whole)[: 1 + k], "the sweep's sets are prefixes of the full set"
+
+
+def test_pools_refuse_more_synthetic_drawings_than_drawn(coded_dataset: OmniglotSet) -> None:
+    with pytest.raises(ValueError, match="5 synthetic drawings of class 1 were asked for"):
+        training_pools(coded_dataset, VariantConfig(synthetic="gan"), drawn_set(), n_synthetic=5)
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_counts_from_params() -> None:
+    assert from_dict(SweepConfig, {"counts": [0, 5, 10]}, "sweep").counts == (0, 5, 10)
+    assert from_dict(SweepConfig, {"counts": [3]}, "sweep").counts == (3,)
+    assert SweepConfig().counts == (0, 5, 10, 20, 50)
+
+
+@pytest.mark.parametrize("counts", [[5, 0], [0, 5, 5], [-1, 5], []])
+def test_sweep_counts_must_be_increasing_and_non_negative(counts: list[int]) -> None:
+    with pytest.raises(ParamsError, match=r"`sweep\.counts`.*a non-empty increasing list of counts >= 0"):
+        from_dict(SweepConfig, {"counts": counts}, "sweep")
+
+
+SIAMESE = SiameseConfig(channels=4, embedding_dim=8, max_steps=10)
+AUGMENT = ClassicAugmentConfig()
+
+
+def classifier_ckpt(variant: VariantConfig, synthetic_per_class: int = 0, siamese: SiameseConfig = SIAMESE,
+                    augment: ClassicAugmentConfig = AUGMENT) -> dict:
+    """What train_classifier writes beside the weights (see stages/train_classifier.py)."""
+    return {"kind": "siamese", "variant_config": dataclasses.asdict(variant),
+            "siamese_config": dataclasses.asdict(siamese), "augment_config": dataclasses.asdict(augment),
+            "images_per_class": [variant.real_per_class + synthetic_per_class] * 3}
+
+
+CLASSIC = VariantConfig(real_per_class=1, classic=True, synthetic="none")
+GAN = VariantConfig(real_per_class=1, classic=True, synthetic="gan")
+
+
+def test_reusable_reads_a_saved_classifier(tmp_path: Path) -> None:
+    """A checkpoint as written and read back: the generator's variant counts its synthetic drawings."""
+    path = tmp_path / "model.pt"
+    extra = {k: v for k, v in classifier_ckpt(GAN, 20).items() if k != "kind"}
+    save_siamese(SiameseNet(16, channels=2, embedding_dim=2), str(path), extra=extra)
+    _, ckpt = load_siamese(str(path))
+    assert reusable(ckpt, "gan", SIAMESE, AUGMENT) == 20
+
+
+@pytest.mark.parametrize(
+    ("ckpt", "expected"),
+    [
+        (classifier_ckpt(CLASSIC), 0),
+        (classifier_ckpt(GAN, 20), 20),
+        (classifier_ckpt(GAN, 5), 5),
+        (classifier_ckpt(VariantConfig(synthetic="vae"), 20), None),  # another generator's drawings
+        (classifier_ckpt(VariantConfig(real_per_class=20, synthetic="none", ceiling=True)), None),  # oracle
+        (classifier_ckpt(VariantConfig(classic=False, synthetic="none")), None),  # baseline: no classic transforms
+        (classifier_ckpt(GAN, 20, siamese=dataclasses.replace(SIAMESE, max_steps=11)), None),
+        (classifier_ckpt(CLASSIC, augment=dataclasses.replace(AUGMENT, rotate=5.0)), None),
+    ],
+    ids=["classic", "gan", "gan-5", "vae", "oracle", "baseline", "siamese-changed", "augment-changed"],
+)
+def test_reusable_only_for_the_same_settings(ckpt: dict, expected: int | None) -> None:
+    assert reusable(ckpt, "gan", SIAMESE, AUGMENT) == expected
+
+
+def test_reusable_ignores_a_checkpoint_without_variant_settings() -> None:
+    """A classifier from an older pipeline carries no variant or configs: it is trained again, not guessed at."""
+    assert reusable({"kind": "siamese", "images_per_class": [1, 1]}, "gan", SIAMESE, AUGMENT) is None
+
+
+def test_prototype_embeddings_agree_with_the_classifier_prototypes() -> None:
+    """The evaluation's prototype is the one SiameseClassifier.process_support makes from the same drawings."""
+    torch.manual_seed(0)
+    net = SiameseNet(16, channels=2, embedding_dim=4).eval()
+    images = torch.rand(3, 1, 16, 16)  # an exemplar and two synthetic drawings of one class
+    classifier = SiameseClassifier(net)
+    classifier.process_support(images, np.zeros(3, np.int64))
+    emb = embed_all(net, images)
+    out = prototype_embeddings(net, emb[:1], np.array([0]), emb[1:], np.array([0, 0]))
+    assert classifier.support_embeddings is not None
+    torch.testing.assert_close(out, classifier.support_embeddings, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[0], F.normalize(emb.mean(0), dim=0), atol=1e-6, rtol=0)
