@@ -72,6 +72,7 @@ class GateResult:
     reference_name: str  # how the text names the reference (its path)
     metrics_name: str  # and the metrics under test
     new_variants: list[str]  # in the metrics, not in the reference yet: reported, not failed
+    params_name: str = "params.yaml"  # where the floors come from (a profile's params: its overrides too)
 
     @property
     def passed(self) -> bool:
@@ -91,9 +92,9 @@ class GateResult:
         for f in self.floors:
             if f.verdict == "FAIL":
                 lines.append(f"FAIL: {f.variant} {f.metric} = {_num(f.now)} is below its floor {f.floor:.3f} "
-                             f"(params.yaml gate.floors)")
+                             f"({self.params_name}: gate.floors)")
             elif f.verdict == "MISSING":
-                lines.append(f"FAIL: {f.variant} {f.metric} has a floor (params.yaml gate.floors) "
+                lines.append(f"FAIL: {f.variant} {f.metric} has a floor ({self.params_name}: gate.floors) "
                              f"but is not in {self.metrics_name}")
         return lines
 
@@ -159,9 +160,10 @@ def check_floors(now: Metrics, floors: dict[str, dict[str, float]]) -> list[Floo
     return checks
 
 
-def run_gate(now: Metrics, reference: Metrics, cfg: GateConfig, metrics_name: str) -> GateResult:
+def run_gate(now: Metrics, reference: Metrics, cfg: GateConfig, metrics_name: str,
+             params_name: str = "params.yaml") -> GateResult:
     return GateResult(compare(now, reference, cfg), check_floors(now, cfg.floors), cfg.reference, metrics_name,
-                      [v for v in now if v not in reference])
+                      [v for v in now if v not in reference], params_name)
 
 
 # ---------------------------------------------------------------------------- text
@@ -207,7 +209,7 @@ def gate_text(result: GateResult) -> str:
     parts = [f"Against the reference {result.reference_name} (a drop fails beyond its tolerance):", "",
              comparison_table(result.comparisons) if result.comparisons else "(nothing to compare)", ""]
     if result.floors:
-        parts += ["Floors (params.yaml `gate.floors`):", "", floor_table(result.floors), ""]
+        parts += [f"Floors ({result.params_name}: `gate.floors`):", "", floor_table(result.floors), ""]
     return "\n".join([*parts, *result.failures(), verdict_line(result)])
 
 
@@ -234,7 +236,7 @@ def report_markdown(metrics: Metrics, result: GateResult, pictures: Sequence[tup
     others = [n for n in names if n not in scores]
     lines = [f"# One-shot Omniglot: results and regression gate ({result.metrics_name})", "",
              f"Gate: **{'PASS' if result.passed else 'FAIL'}** against `{result.reference_name}` "
-             "and the floors in `params.yaml` (`gate`)."]
+             f"and the floors in `{result.params_name}` (`gate.floors`)."]
     notes = [f"- {line}" for line in result.failures()]
     if result.new_variants:
         notes.append(f"- new, not in the reference yet: {', '.join(result.new_variants)}")
@@ -248,7 +250,7 @@ def report_markdown(metrics: Metrics, result: GateResult, pictures: Sequence[tup
               f"Against `{result.reference_name}`: a drop fails when it exceeds its tolerance, the larger of "
               "`gate.margin` and the 95% CI of the difference.", "", comparison_table(result.comparisons), ""]
     if result.floors:
-        lines += ["Floors (`gate.floors` in `params.yaml`):", "", floor_table(result.floors), ""]
+        lines += [f"Floors (`gate.floors` in `{result.params_name}`):", "", floor_table(result.floors), ""]
     if pictures:
         lines += ["## Pictures", "", "Interactive: `dvc plots show` (learning curves, accuracy per variant).", ""]
         for caption, path in pictures:

@@ -64,7 +64,8 @@ def main() -> int:
         return 0
 
     ref = read_metrics(reference, "create it from a run you trust with `make reference`, then commit it")
-    result = run_gate(now, ref, cfg, str(args.metrics))
+    params_name = str(args.params) + (f" + profiles/{args.profile}.yaml" if args.profile is not None else "")
+    result = run_gate(now, ref, cfg, str(args.metrics), params_name)
     print(f"== gate: {args.metrics} (profile {args.profile or 'default'})")
     print(gate_text(result))
     if args.report is not None:

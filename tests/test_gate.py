@@ -90,7 +90,7 @@ def test_floors_hold_whatever_the_reference_says() -> None:
     result = run_gate(now, now, GateConfig(reference="r.json", floors={"vae": {"delta_20way_vs_classic": 0.0}}), "m")
     assert not result.passed
     assert result.failures() == ["FAIL: vae delta_20way_vs_classic = -0.010 is below its floor 0.000 "
-                                 "(params.yaml gate.floors)"]
+                                 "(params.yaml: gate.floors)"]
 
 
 def test_table_and_report_name_what_fell_and_by_how_much() -> None:
