@@ -181,7 +181,7 @@ def test_a_ten_point_drop_of_an_augmented_variant_fails_and_is_named(tmp_path: P
     degraded["vae"]["acc_20way"] = round(degraded["vae"]["acc_20way"] - 0.10, 5)
     result = gate(tmp_path, degraded, "--report", str(tmp_path / "report.md"))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAIL: vae acc_20way fell 0.100 (0.829 -> 0.729; tolerance 0.010)" in result.stdout
+    assert "FAIL: vae acc_20way fell 0.100 (0.829 -> 0.729; tolerance 0.020)" in result.stdout
     assert "gate: FAIL" in result.stdout
     report = (tmp_path / "report.md").read_text()
     assert "Gate: **FAIL**" in report and "- FAIL: vae acc_20way fell 0.100" in report
@@ -192,7 +192,7 @@ def test_episode_noise_within_the_tolerance_passes(tmp_path: Path, committed: di
     noisy = copy.deepcopy(committed)
     for m in noisy.values():
         for key in [k for k in m if k.startswith(("acc_", "delta_")) and not k.endswith("_ci95")]:
-            m[key] = round(m[key] + float(rng.uniform(-0.008, 0.008)), 5)  # tolerance here is >= 0.010
+            m[key] = round(m[key] + float(rng.uniform(-0.015, 0.015)), 5)  # tolerance here is >= 0.020
     assert noisy != committed
     result = gate(tmp_path, noisy)
     assert result.returncode == 0, result.stdout + result.stderr
