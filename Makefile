@@ -8,8 +8,11 @@ ifneq ($(OMNIGLOT_DIR),)
 export OMNIGLOT_DIR := $(abspath $(OMNIGLOT_DIR))
 endif
 SMOKE_DIR ?= build/smoke
+# Each run that has results, as `metrics-file:profile`: the default profile's here, the quick profile's in $(SMOKE_DIR).
+GATED = $(if $(wildcard reports/metrics.json),reports/metrics.json:) \
+        $(if $(wildcard $(SMOKE_DIR)/reports/metrics.json),$(SMOKE_DIR)/reports/metrics.json:smoke)
 
-.PHONY: setup repro smoke test lint ui clean
+.PHONY: setup repro smoke gate reference test lint ui clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +31,19 @@ smoke: setup          ## the whole pipeline on the quick profile, in $(SMOKE_DIR
 	$(BIN)/python -m pipeline.profile smoke $(SMOKE_DIR)
 	cd $(SMOKE_DIR) && MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath .)/mlflow.db} $(BIN)/dvc repro
 	cd $(SMOKE_DIR) && $(BIN)/dvc metrics show
+
+gate: setup           ## each run's metrics against its profile's floors and committed reference; writes reports/report.md
+	@status=0; for run in $(GATED); do \
+	    metrics=$${run%:*}; profile=$${run##*:}; \
+	    $(BIN)/python -m stages.gate --metrics $$metrics $${profile:+--profile $$profile} \
+	        --report $$(dirname $$metrics)/report.md || status=1; echo; \
+	done; exit $$status
+
+reference: setup      ## on purpose: rewrite each profile's references/*.json from its current run; commit the diff
+	@for run in $(GATED); do \
+	    metrics=$${run%:*}; profile=$${run##*:}; \
+	    $(BIN)/python -m stages.gate --metrics $$metrics $${profile:+--profile $$profile} --write-reference || exit 1; \
+	done
 
 test: setup           ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
 	$(BIN)/ruff check pipeline stages tests

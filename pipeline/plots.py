@@ -59,3 +59,22 @@ def sweep_curve(sweeps: dict[str, pd.DataFrame], key: str) -> Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def curve_table(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The learning curves in long form for `dvc plots`: columns variant, metric, step, value (one row a point)."""
+    frames = []
+    for variant, h in histories.items():
+        keys = [k for k in h.columns if k not in ("step", "epoch")]
+        points = h.melt(id_vars="step", value_vars=keys, var_name="metric").dropna(subset=["value"])
+        frames.append(points.assign(variant=variant))
+    columns = ["variant", "metric", "step", "value"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def accuracy_table(metrics: dict[str, dict[str, float]], keys: list[str]) -> pd.DataFrame:
+    """Accuracy per variant and protocol for `dvc plots`, with its 95% CI as low and high."""
+    rows = [{"variant": v, "protocol": k.removeprefix("acc_"), "accuracy": m[k],
+             "low": m[k] - m.get(f"{k}_ci95", 0.0), "high": m[k] + m.get(f"{k}_ci95", 0.0)}
+            for v, m in metrics.items() for k in keys if k in m]
+    return pd.DataFrame(rows, columns=["variant", "protocol", "accuracy", "low", "high"])

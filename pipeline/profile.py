@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ParamsError
+from pipeline.config import ParamsError, load_params
+
+# A profile states these whole (the variants it runs, the floors it is held to) rather than patching the defaults.
+REPLACED_WHOLE = ("variants", "gate.floors")
 
 
 def overlay(base: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -26,7 +29,7 @@ def overlay(base: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -
         dotted = f"{prefix}{key}"
         if key not in base:
             raise ParamsError(f"profile sets `{dotted}`, which params.yaml does not have")
-        if isinstance(value, dict) and isinstance(base[key], dict) and key != "variants":
+        if isinstance(value, dict) and isinstance(base[key], dict) and dotted not in REPLACED_WHOLE:
             out[key] = overlay(base[key], value, dotted + ".")
         else:
             out[key] = value
@@ -40,20 +43,25 @@ def project_files(root: Path) -> list[Path]:
     return [Path(p) for p in listed if p and (root / p).is_file()]
 
 
+def profile_params(params_file: Path, profile: str) -> dict[str, Any]:
+    """`params_file` with `profiles/<profile>.yaml` (beside it) laid over it."""
+    profiles = params_file.parent / "profiles"
+    profile_file = profiles / f"{profile}.yaml"
+    if not profile_file.is_file():
+        known = sorted(p.stem for p in profiles.glob("*.yaml"))
+        raise ParamsError(f"{profile_file}: no such profile; known profiles: {', '.join(known)}")
+    return overlay(load_params(params_file), yaml.safe_load(profile_file.read_text()) or {})
+
+
 def make_workspace(root: Path, dest: Path, profile: str) -> Path:
     """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params."""
-    profile_file = root / "profiles" / f"{profile}.yaml"
-    if not profile_file.is_file():
-        known = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
-        raise ParamsError(f"{profile_file}: no such profile; known profiles: {', '.join(known)}")
+    merged = profile_params(root / "params.yaml", profile)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for rel in project_files(root):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    merged = overlay(params, yaml.safe_load(profile_file.read_text()) or {})
     (dest / "params.yaml").write_text(f"# params.yaml with profiles/{profile}.yaml laid over\n"
                                       + yaml.safe_dump(merged, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "profile", "GIT_AUTHOR_EMAIL": "profile@localhost",

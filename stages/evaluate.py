@@ -28,7 +28,7 @@ from pipeline.evaluation import (
     synthetic_support,
 )
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.plots import accuracy_bars, learning_curves, sweep_curve
+from pipeline.plots import accuracy_bars, accuracy_table, curve_table, learning_curves, sweep_curve
 from pipeline.siamese import embed_all, load_siamese
 from pipeline.variants import VariantConfig
 
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--sweep", required=True, help="folder of <generator>.csv accuracy-vs-count sweeps")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     ap.add_argument("--reports", required=True, help="folder for pictures")
+    ap.add_argument("--plots", required=True, help="folder for the data of `dvc plots` (curves.csv, accuracy.csv)")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -154,6 +155,10 @@ def main() -> None:
         with atomic_path(reports / name) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         pictures.append(reports / name)
+    for name, table in (("curves.csv", curve_table(histories)),
+                        ("accuracy.csv", accuracy_table(metrics, [f"acc_{k}" for k in episodes]))):
+        with atomic_path(Path(args.plots) / name) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
     write_json(args.metrics, metrics)
 
     if uri is not None:

@@ -54,6 +54,22 @@ def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str,
     assert 0.0 <= metrics["vae"]["synthetic_class_consistency"] <= 1.0
     for picture in ("samples_vae.png", "curves.png", "accuracy.png"):
         assert (workspace / "reports" / picture).stat().st_size > 1000
+    for table in ("curves.csv", "accuracy.csv"):
+        assert (workspace / "reports" / "plots" / table).stat().st_size > 100
+
+
+@pytest.mark.slow
+def test_the_quick_profile_passes_its_gate(smoke_run: tuple[Path, dict[str, str]]) -> None:
+    """The run against the committed references/smoke.json and the smoke floors, as `make gate` does it."""
+    workspace, env = smoke_run
+    report = workspace / "reports" / "report.md"
+    result = subprocess.run([sys.executable, "-m", "stages.gate", "--profile", "smoke", "--metrics",
+                             str(workspace / "reports" / "metrics.json"), "--report", str(report)],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Gate: **PASS** against `references/smoke.json`" in report.read_text()
+    shown = run([str(BIN / "dvc"), "plots", "show", "--json"], workspace, env).stdout
+    assert not json.loads(shown).get("errors"), shown[:2000]
 
 
 @pytest.mark.slow

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The CI steps, one subcommand each, shared by .ci/run (all of them, locally) and .github/workflows/ci.yml.
+#   setup    virtualenv + install ($VENV, default .venv)
+#   data     the Omniglot zips: $OMNIGLOT_DIR if set, else downloaded once into data/raw/omniglot (MD5-checked)
+#   test     ruff, mypy, pytest (with `dvc repro` of the quick profile in a temporary repo)
+#   smoke    the whole pipeline on the quick profile, in build/smoke
+#   repro    the whole pipeline on the default profile, here (nightly or by hand: ~10 min on 2 cores)
+#   gate     each run's metrics against its profile's floors and committed reference; writes reports/report.md
+#   summary  the reports as Markdown (a job summary): pictures are in the uploaded reports, not inline
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export VENV="${VENV:-.venv}"
+# The zips are looked for here when OMNIGLOT_DIR is unset; `data` downloads them there.
+export OMNIGLOT_DIR="${OMNIGLOT_DIR:-$PWD/data/raw/omniglot}"
+
+for step in "$@"; do
+    echo "== ci: $step" >&2
+    case "$step" in
+        setup) make setup ;;
+        data)
+            if [ ! -f "$OMNIGLOT_DIR/images_background.zip" ] || [ ! -f "$OMNIGLOT_DIR/images_evaluation.zip" ]; then
+                "$VENV/bin/python" - <<'PY'
+import dataclasses, os
+from pipeline.config import DataConfig, load_params, section
+from pipeline.data import locate_zips
+cfg = section(load_params(), DataConfig, "data")
+print(locate_zips(dataclasses.replace(cfg, local_dir=os.environ["OMNIGLOT_DIR"]), env={}))
+PY
+            fi ;;
+        test) make test ;;
+        smoke) make smoke ;;
+        repro) make repro ;;
+        gate) make gate ;;
+        summary)
+            for report in build/smoke/reports/report.md reports/report.md; do
+                if [ -f "$report" ]; then sed '/^## Pictures/,$d' "$report"; echo; fi
+            done
+            echo "Pictures: this run's \`reports-*\` artifact." ;;
+        *) echo "unknown step: $step (setup, data, test, smoke, repro, gate, summary)" >&2; exit 2 ;;
+    esac
+done
