@@ -4,6 +4,7 @@
 - `SiameseModule`: how it is trained (pair or triplet losses, optimizer), a LightningModule.
 - `PairBatches`: the training batches, P classes x 2 drawings, augmented on the fly.
 - `SiameseClassifier`: the few-shot API: take a support set, then score queries.
+- `calibrate_verification`: the same-class threshold for verifying pairs, measured on held-out pairs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from pipeline.config import _check, positive
 from pipeline.data import to_tensor
 from pipeline.episodes import Episodes, episode_accuracy
+from pipeline.verification import TARGET_PATTERN, TARGETS, Calibration, Pairs, calibrate_threshold
 
 LOSSES = ("contrastive", "bce", "triplet")
 
@@ -38,11 +40,15 @@ class SiameseConfig:
     max_steps: int = 2000
     val_every: int = 250  # steps between validations (seen-class episodes)
     seed: int = 0
+    verify_target: str = "eer"  # what the saved verification threshold meets: `eer` or `far@X`
+    verify_pairs: int = 2000  # same-class and as many different-class pairs of source classes to calibrate it on
 
     def validate(self, key: str) -> None:
         _check(self.loss in LOSSES, f"{key}.loss", self.loss, "one of " + ", ".join(LOSSES))
+        _check(TARGET_PATTERN.fullmatch(self.verify_target) is not None, f"{key}.verify_target", self.verify_target,
+               TARGETS)
         positive(key, channels=self.channels, embedding_dim=self.embedding_dim, lr=self.lr,
-                 max_steps=self.max_steps, val_every=self.val_every)
+                 max_steps=self.max_steps, val_every=self.val_every, verify_pairs=self.verify_pairs)
         _check(self.batch_classes >= 2, f"{key}.batch_classes", self.batch_classes, "at least 2")
         _check(self.margin >= 0, f"{key}.margin", self.margin, "a number >= 0")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
@@ -83,12 +89,15 @@ class SiameseNet(nn.Module):
             return self.head((a[:, None, :] - b[None, :, :]).abs().float()).squeeze(-1)
         return a.float() @ b.float().T  # cosine similarity of unit vectors
 
+    def pair_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Likeness of row-aligned embeddings a [B, D] and b [B, D] -> [B]: the diagonal of `similarity`."""
+        if self.head is not None:
+            return self.head((a - b).abs().float()).squeeze(-1)
+        return (a.float() * b.float()).sum(-1)
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Pairwise likeness of two image batches [B, 1, S, S] -> [B]."""
-        ea, eb = self.embed(a), self.embed(b)
-        if self.head is not None:
-            return self.head((ea - eb).abs().float()).squeeze(-1)
-        return (ea.float() * eb.float()).sum(-1)
+        return self.pair_similarity(self.embed(a), self.embed(b))
 
 
 def pick_negatives(sim: torch.Tensor, mining: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -258,6 +267,19 @@ class SiameseClassifier:
         best = self.scores(queries).argmax(-1).cpu().numpy()  # raises the teaching error before process_support
         assert self.support_labels is not None  # narrows the type; scores() has checked it
         return self.support_labels[best]
+
+
+def calibrate_verification(net: SiameseNet, images: np.ndarray, pairs: Pairs, target: str) -> Calibration:
+    """The verification threshold for `target`, measured on `pairs` indexing `images` [N, S, S] uint8.
+
+    Each drawing is embedded once, as at inference (`embed_all`); a pair's score is `pair_similarity`.
+    """
+    used, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
+    embeddings = embed_all(net, to_tensor(images[used]))
+    first, second = np.split(inverse, 2)
+    with torch.no_grad():
+        sims = net.pair_similarity(embeddings[torch.from_numpy(first)], embeddings[torch.from_numpy(second)])
+    return calibrate_threshold(sims.cpu().numpy(), pairs.same, target)
 
 
 def save_siamese(net: SiameseNet, path: str, extra: dict[str, Any] | None = None) -> None:
