@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -288,7 +289,15 @@ def save_siamese(net: SiameseNet, path: str, extra: dict[str, Any] | None = None
 
 
 def load_siamese(path: str) -> tuple[SiameseNet, dict[str, Any]]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """Rebuild the network from a `save_siamese` file. A missing file or any other file names itself."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        # weights_only: a checkpoint holds tensors, numbers, strings and containers, so a file from
+        # elsewhere cannot run code when it is loaded.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (pickle, zip, EOF) for a file that is not a checkpoint
+        raise ValueError(f"{path}: not a Siamese checkpoint written by this pipeline ({type(exc).__name__})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "siamese":
         raise ValueError(f"{path}: not a Siamese checkpoint written by this pipeline")
     net = SiameseNet(**ckpt["config"])
