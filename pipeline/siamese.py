@@ -65,7 +65,8 @@ class SiameseNet(nn.Module):
 
     def __init__(self, image_size: int, channels: int = 64, embedding_dim: int = 128, loss: str = "contrastive"):
         super().__init__()
-        self.config = {"image_size": image_size, "channels": channels, "embedding_dim": embedding_dim, "loss": loss}
+        self.config: dict[str, Any] = {"image_size": image_size, "channels": channels, "embedding_dim": embedding_dim,
+                                       "loss": loss}
         self.loss = loss
         # Four conv blocks halve the side each time: 28 -> 14 -> 7 -> 3 -> 1.
         self.features = nn.Sequential(conv_block(1, channels), conv_block(channels, channels),
@@ -239,6 +240,18 @@ class PairBatches(torch.utils.data.IterableDataset):
             yield to_tensor(np.stack(first)), to_tensor(np.stack(second))
 
 
+def class_prototypes(net: SiameseNet, embeddings: torch.Tensor, labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """One prototype per class: the mean of its embeddings [S, D], re-normalised for the metric losses.
+
+    labels [S] -> (classes [C] sorted, prototypes [C, D]) with row c the prototype of classes[c].
+    """
+    classes = np.unique(labels)
+    protos = torch.stack([embeddings[torch.from_numpy(labels == c)].mean(0) for c in classes])
+    if net.head is None:
+        protos = F.normalize(protos, dim=-1)
+    return classes, protos
+
+
 class SiameseClassifier:
     """Few-shot classifier: `process_support` once, then score queries against it."""
 
@@ -249,12 +262,11 @@ class SiameseClassifier:
 
     def process_support(self, images: torch.Tensor, labels: np.ndarray) -> None:
         """images [S, 1, H, W] in 0..1, labels [S]. Several drawings of a class are averaged."""
-        emb = embed_all(self.net, images)
-        classes = np.unique(labels)
-        protos = torch.stack([emb[torch.from_numpy(labels == c)].mean(0) for c in classes])
-        if self.net.head is None:
-            protos = F.normalize(protos, dim=-1)
-        self.support_embeddings, self.support_labels = protos, classes
+        self.process_support_embeddings(embed_all(self.net, images), labels)
+
+    def process_support_embeddings(self, embeddings: torch.Tensor, labels: np.ndarray) -> None:
+        """The same from support embeddings [S, D] already made by `embed_all` (e.g. an enrolled bank)."""
+        self.support_labels, self.support_embeddings = class_prototypes(self.net, embeddings, labels)
 
     @torch.no_grad()
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
