@@ -30,7 +30,7 @@ smoke: setup          ## the whole pipeline on the quick profile, in $(SMOKE_DIR
 	cd $(SMOKE_DIR) && $(BIN)/dvc metrics show
 
 test: setup           ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
-	$(BIN)/ruff check pipeline stages tests
+	$(BIN)/ruff check pipeline stages tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
