@@ -73,7 +73,7 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                 # The metadata carries the verification threshold to `oneshot-gda verify --model runs:/...`.
                 mlflow.pytorch.log_model(nets[variant], name="model", serialization_format="pickle",
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                         metadata={"kind": "siamese", "verify": ckpt.get("verify")})
+                                         metadata={"verify": ckpt.get("verify")})
     return group
 
 

@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
 from torch import nn
 
@@ -297,17 +298,18 @@ def test_verify_without_a_calibrated_threshold_says_so(tmp_path: Path, novel_dra
 # ---------------------------------------------------------------------------- MLflow model URIs
 
 
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real SQLite MLflow store in tmp_path, named by MLFLOW_TRACKING_URI as a user would."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri("")
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real SQLite MLflow store, named by MLFLOW_TRACKING_URI as a user would; one per module (making one takes
+    seconds)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)  # MLflow reads the variable
+        yield uri
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
 
 
 def log_model(model: nn.Module, metadata: dict | None, registered_name: str | None = None) -> str:
@@ -319,7 +321,7 @@ def log_model(model: nn.Module, metadata: dict | None, registered_name: str | No
 
 
 def test_models_load_from_mlflow_uris(mlflow_store: str, model: inference.TrainedModel) -> None:
-    run_id = log_model(model.net, {"kind": "siamese", "verify": dataclasses.asdict(CALIBRATION)}, "omniglot-vae")
+    run_id = log_model(model.net, {"verify": dataclasses.asdict(CALIBRATION)}, "omniglot-vae")
     for uri in (f"runs:/{run_id}/model", "models:/omniglot-vae/1"):
         logged = inference.load_model(uri)
         assert isinstance(logged.net, SiameseNet) and logged.source == uri
