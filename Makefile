@@ -46,7 +46,7 @@ reference: setup      ## on purpose: rewrite each profile's references/*.json fr
 	done
 
 test: setup           ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
-	$(BIN)/ruff check pipeline stages tests
+	$(BIN)/ruff check pipeline stages tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -46,8 +46,11 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
 
     Strokes become the foreground (255), background 0. The box filter averages the pixels
     each output pixel covers, so thin strokes survive the down-sizing as grey values.
-    Used by data preparation and by inference alike.
+    Transparent pixels count as paper. Used by data preparation and by inference alike.
     """
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        # Dropping alpha would turn a transparent page black (its colour is often 0): lay it on white.
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     gray = image.convert("L").resize((size, size), Image.Resampling.BOX)
     return 255 - np.asarray(gray, dtype=np.uint8)
 
@@ -57,7 +60,7 @@ def load_image_file(path: str | Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return preprocess_image(image, size)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
 
 

@@ -4,12 +4,14 @@
 - `SiameseModule`: how it is trained (pair or triplet losses, optimizer), a LightningModule.
 - `PairBatches`: the training batches, P classes x 2 drawings, augmented on the fly.
 - `SiameseClassifier`: the few-shot API: take a support set, then score queries.
+- `calibrate_verification`: the same-class threshold for verifying pairs, measured on held-out pairs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +23,7 @@ from torch import nn
 from pipeline.config import _check, positive
 from pipeline.data import to_tensor
 from pipeline.episodes import Episodes, episode_accuracy
+from pipeline.verification import TARGET_PATTERN, TARGETS, Calibration, Pairs, calibrate_threshold
 
 LOSSES = ("contrastive", "bce", "triplet")
 
@@ -38,11 +41,15 @@ class SiameseConfig:
     max_steps: int = 2000
     val_every: int = 250  # steps between validations (seen-class episodes)
     seed: int = 0
+    verify_target: str = "eer"  # what the saved verification threshold meets: `eer` or `far@X`
+    verify_pairs: int = 2000  # same-class and as many different-class pairs of source classes to calibrate it on
 
     def validate(self, key: str) -> None:
         _check(self.loss in LOSSES, f"{key}.loss", self.loss, "one of " + ", ".join(LOSSES))
+        _check(TARGET_PATTERN.fullmatch(self.verify_target) is not None, f"{key}.verify_target", self.verify_target,
+               TARGETS)
         positive(key, channels=self.channels, embedding_dim=self.embedding_dim, lr=self.lr,
-                 max_steps=self.max_steps, val_every=self.val_every)
+                 max_steps=self.max_steps, val_every=self.val_every, verify_pairs=self.verify_pairs)
         _check(self.batch_classes >= 2, f"{key}.batch_classes", self.batch_classes, "at least 2")
         _check(self.margin >= 0, f"{key}.margin", self.margin, "a number >= 0")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
@@ -58,7 +65,8 @@ class SiameseNet(nn.Module):
 
     def __init__(self, image_size: int, channels: int = 64, embedding_dim: int = 128, loss: str = "contrastive"):
         super().__init__()
-        self.config = {"image_size": image_size, "channels": channels, "embedding_dim": embedding_dim, "loss": loss}
+        self.config: dict[str, Any] = {"image_size": image_size, "channels": channels, "embedding_dim": embedding_dim,
+                                       "loss": loss}
         self.loss = loss
         # Four conv blocks halve the side each time: 28 -> 14 -> 7 -> 3 -> 1.
         self.features = nn.Sequential(conv_block(1, channels), conv_block(channels, channels),
@@ -83,12 +91,15 @@ class SiameseNet(nn.Module):
             return self.head((a[:, None, :] - b[None, :, :]).abs().float()).squeeze(-1)
         return a.float() @ b.float().T  # cosine similarity of unit vectors
 
+    def pair_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Likeness of row-aligned embeddings a [B, D] and b [B, D] -> [B]: the diagonal of `similarity`."""
+        if self.head is not None:
+            return self.head((a - b).abs().float()).squeeze(-1)
+        return (a.float() * b.float()).sum(-1)
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Pairwise likeness of two image batches [B, 1, S, S] -> [B]."""
-        ea, eb = self.embed(a), self.embed(b)
-        if self.head is not None:
-            return self.head((ea - eb).abs().float()).squeeze(-1)
-        return (ea.float() * eb.float()).sum(-1)
+        return self.pair_similarity(self.embed(a), self.embed(b))
 
 
 def pick_negatives(sim: torch.Tensor, mining: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -229,6 +240,18 @@ class PairBatches(torch.utils.data.IterableDataset):
             yield to_tensor(np.stack(first)), to_tensor(np.stack(second))
 
 
+def class_prototypes(net: SiameseNet, embeddings: torch.Tensor, labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """One prototype per class: the mean of its embeddings [S, D], re-normalised for the metric losses.
+
+    labels [S] -> (classes [C] sorted, prototypes [C, D]) with row c the prototype of classes[c].
+    """
+    classes = np.unique(labels)
+    protos = torch.stack([embeddings[torch.from_numpy(labels == c)].mean(0) for c in classes])
+    if net.head is None:
+        protos = F.normalize(protos, dim=-1)
+    return classes, protos
+
+
 class SiameseClassifier:
     """Few-shot classifier: `process_support` once, then score queries against it."""
 
@@ -239,12 +262,11 @@ class SiameseClassifier:
 
     def process_support(self, images: torch.Tensor, labels: np.ndarray) -> None:
         """images [S, 1, H, W] in 0..1, labels [S]. Several drawings of a class are averaged."""
-        emb = embed_all(self.net, images)
-        classes = np.unique(labels)
-        protos = torch.stack([emb[torch.from_numpy(labels == c)].mean(0) for c in classes])
-        if self.net.head is None:
-            protos = F.normalize(protos, dim=-1)
-        self.support_embeddings, self.support_labels = protos, classes
+        self.process_support_embeddings(embed_all(self.net, images), labels)
+
+    def process_support_embeddings(self, embeddings: torch.Tensor, labels: np.ndarray) -> None:
+        """The same from support embeddings [S, D] already made by `embed_all` (e.g. an enrolled bank)."""
+        self.support_labels, self.support_embeddings = class_prototypes(self.net, embeddings, labels)
 
     @torch.no_grad()
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
@@ -260,13 +282,34 @@ class SiameseClassifier:
         return self.support_labels[best]
 
 
+def calibrate_verification(net: SiameseNet, images: np.ndarray, pairs: Pairs, target: str) -> Calibration:
+    """The verification threshold for `target`, measured on `pairs` indexing `images` [N, S, S] uint8.
+
+    Each drawing is embedded once, as at inference (`embed_all`); a pair's score is `pair_similarity`.
+    """
+    used, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
+    embeddings = embed_all(net, to_tensor(images[used]))
+    first, second = np.split(inverse, 2)
+    with torch.no_grad():
+        sims = net.pair_similarity(embeddings[torch.from_numpy(first)], embeddings[torch.from_numpy(second)])
+    return calibrate_threshold(sims.cpu().numpy(), pairs.same, target)
+
+
 def save_siamese(net: SiameseNet, path: str, extra: dict[str, Any] | None = None) -> None:
     """Write weights with the constructor config, so the file alone rebuilds the network."""
     torch.save({"kind": "siamese", "config": net.config, "state_dict": net.state_dict(), **(extra or {})}, path)
 
 
 def load_siamese(path: str) -> tuple[SiameseNet, dict[str, Any]]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """Rebuild the network from a `save_siamese` file. A missing file or any other file names itself."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        # weights_only: a checkpoint holds tensors, numbers, strings and containers, so a file from
+        # elsewhere cannot run code when it is loaded.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (pickle, zip, EOF) for a file that is not a checkpoint
+        raise ValueError(f"{path}: not a Siamese checkpoint written by this pipeline ({type(exc).__name__})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "siamese":
         raise ValueError(f"{path}: not a Siamese checkpoint written by this pipeline")
     net = SiameseNet(**ckpt["config"])

@@ -1,4 +1,4 @@
-"""Where MLflow runs go and how they are tagged.
+"""Where MLflow runs go, how they are tagged, and reading a logged model back.
 
 The default store is `sqlite:///<repo root>/mlflow.db` with an absolute path: DVC sets
 `DVC_ROOT` to the root of the user's repository even for queued `dvc exp run` copies, so every
@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import TrackingConfig
 
@@ -87,3 +89,31 @@ def run_tags(**extra: str | None) -> dict[str, str]:
     tags = {"git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")}
     tags.update({k: v for k, v in extra.items() if v is not None})
     return tags
+
+
+def is_model_uri(spec: str) -> bool:
+    """An MLflow model URI (`runs:/<run id>/model`, `models:/<name>/<version>`), not a file path."""
+    return spec.startswith(("runs:/", "models:/"))
+
+
+def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
+    """The PyTorch model logged at an MLflow `uri`, and the metadata it was logged with.
+
+    The store is `tracking_uri()`: MLFLOW_TRACKING_URI, else the project's mlflow.db. A URI the
+    store does not know, or one that is not a PyTorch model, is a ValueError naming it.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    store = tracking_uri()
+    check_reachable(store)
+    with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=store,
+                                                        registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or store)
+            metadata = Model.load(local).metadata or {}
+            model = mlflow.pytorch.load_model(local, map_location="cpu")
+        except (MlflowException, OSError) as exc:
+            raise ValueError(f"{uri}: not a PyTorch model in the MLflow store {store} ({exc})") from exc
+    return model, metadata

@@ -85,8 +85,10 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                 if vcfg.synthetic != "none" and grid.is_file():
                     mlflow.log_artifact(str(grid))
                 # Pickled, not pt2: loading it gives back the SiameseNet with embed() and similarity().
+                # The metadata carries the verification threshold to `oneshot-gda verify --model runs:/...`.
                 mlflow.pytorch.log_model(nets[variant], name="model", serialization_format="pickle",
-                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                         metadata={"verify": ckpt.get("verify")})
     return group
 
 

@@ -1,4 +1,5 @@
-"""Stage `train_classifier@<variant>`: train the Siamese network on one variant's training set."""
+"""Stage `train_classifier@<variant>`: train the Siamese network on one variant's training set, then
+calibrate its verification threshold on pairs of source classes (which no classifier trains on)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,19 @@ from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
 from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import sample_episodes
 from pipeline.io import atomic_dir, write_json
-from pipeline.siamese import PairBatches, SiameseConfig, SiameseModule, SiameseNet, save_siamese
+from pipeline.siamese import (
+    PairBatches,
+    SiameseConfig,
+    SiameseModule,
+    SiameseNet,
+    calibrate_verification,
+    save_siamese,
+)
 from pipeline.synthesis import SynthesisConfig
 from pipeline.synthetic import SyntheticSet
 from pipeline.training import build_trainer, configure_torch, export_model, prepare_model
 from pipeline.variants import VariantConfig, training_pools
+from pipeline.verification import sample_pairs
 
 
 def main() -> None:
@@ -79,10 +88,17 @@ def main() -> None:
                 tags=tracking.run_tags(kind="training", variant=args.variant, generator=variant.synthetic)))
         trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every)
         trainer.fit(module, loader, val_loader)
-        save_siamese(export_model(net), str(tmp / "model.pt"), extra={
+        net = export_model(net)
+        pairs = sample_pairs(dataset.labels, dataset.classes("source"), cfg.verify_pairs,
+                             np.random.default_rng(cfg.seed))
+        verify = calibrate_verification(net, dataset.images, pairs, cfg.verify_target)
+        if uri is not None:
+            loggers[1].log_metrics({"verify/threshold": verify.threshold, "verify/far": verify.far,
+                                    "verify/frr": verify.frr}, step=cfg.max_steps)
+        save_siamese(net, str(tmp / "model.pt"), extra={
             "variant": args.variant, "variant_config": dataclasses.asdict(variant),
             "siamese_config": dataclasses.asdict(cfg), "augment_config": dataclasses.asdict(augment),
-            "images_per_class": [len(p) for p in pools],
+            "images_per_class": [len(p) for p in pools], "verify": dataclasses.asdict(verify),
         })
         write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})
 

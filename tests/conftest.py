@@ -1,8 +1,9 @@
-"""Shared fixtures: where the real Omniglot zips are, and a small prepared subset of them."""
+"""Shared fixtures: where the real Omniglot zips are, a small prepared subset of them, and real drawings as files."""
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +47,19 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def novel_drawings(omniglot_zips: dict[str, Path]) -> dict[str, list[bytes]]:
+    """The real PNG files of 12 evaluation characters (each from another alphabet), 20 drawers each:
+    'Alphabet_characterNN' -> [PNG bytes, drawer order]. Write them out to make support and query folders."""
+    with zipfile.ZipFile(omniglot_zips["images_evaluation"]) as archive:
+        members = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        by_class: dict[str, list[str]] = {}
+        for name in members:
+            _, alphabet, character, _ = name.split("/")
+            by_class.setdefault(f"{alphabet}_{character}", []).append(name)
+        firsts: dict[str, str] = {}
+        for key in by_class:  # the first character of each alphabet
+            firsts.setdefault(key.rsplit("_", 1)[0], key)
+        return {key: [archive.read(n) for n in by_class[key]] for key in list(firsts.values())[:12]}

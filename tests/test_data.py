@@ -66,6 +66,15 @@ def test_preprocess_image_makes_strokes_high_and_background_zero(mode: str, size
     assert (out[:, 15:] == 0).all()  # white background
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_preprocess_image_reads_a_transparent_page_as_paper(mode: str) -> None:
+    """Strokes drawn on a transparent page, whose hidden colour is black: the page must not become ink."""
+    image = Image.new(mode, (60, 60), (0, 0, 0, 0) if mode == "RGBA" else (0, 0))
+    ImageDraw.Draw(image).rectangle([0, 0, 29, 59], fill=(0, 0, 0, 255) if mode == "RGBA" else (0, 255))
+    out = preprocess_image(image, 28)
+    assert (out[:, :13] == 255).all() and (out[:, 15:] == 0).all()
+
+
 def test_preprocess_image_keeps_thin_strokes_as_grey() -> None:
     image = Image.new("1", (105, 105), "white")
     ImageDraw.Draw(image).line([(52, 0), (52, 104)], fill="black", width=1)

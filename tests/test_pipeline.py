@@ -1,18 +1,29 @@
 """The whole pipeline: `dvc repro` of the smoke profile in a fresh git repo, on the real Omniglot zips,
-then the metrics file, DVC's view of it, and the runs read back from the MLflow store."""
+then the metrics file, DVC's view of it, the runs read back from the MLflow store, and the trained `vae`
+model used from image files as `oneshot-gda` does."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline import inference
+from pipeline.config import load_params, section
+from pipeline.data import ClassInfo, OmniglotSet, list_zip, to_tensor
+from pipeline.episodes import Episodes
+from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.profile import make_workspace
+from pipeline.siamese import embed_all, episode_scores, load_siamese
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -138,3 +149,98 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(smoke_run: tuple
     # Only the evaluate stage reran: one pipeline run and its four variant runs, no retraining.
     assert kinds == ["pipeline"] + ["variant"] * 4, kinds
     assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
+
+
+def novel_png(archive: zipfile.ZipFile, members: dict[ClassInfo, list[str]], dataset: OmniglotSet, image: int) -> bytes:
+    """The original PNG file of one prepared novel-class drawing."""
+    c = dataset.labels[image]
+    info = ClassInfo(str(dataset.class_alphabet[c]), str(dataset.class_character[c]), "images_evaluation")
+    return archive.read(members[info][dataset.drawers[image]])
+
+
+def write_episode(folder: Path, episode: int, episodes: Episodes, dataset: OmniglotSet, archive: zipfile.ZipFile,
+                  members: dict[ClassInfo, list[str]]) -> tuple[Path, list[Path], list[str]]:
+    """An episode as a user has it: support/<class>.png (one file per class), queries/NN.png; the true classes."""
+    names = [f"{dataset.class_alphabet[c]}_{dataset.class_character[c]}"
+             for c in dataset.labels[episodes.support[episode]]]
+    (folder / "support").mkdir(parents=True)
+    (folder / "queries").mkdir()
+    for name, image in zip(names, episodes.support[episode], strict=True):
+        (folder / "support" / f"{name}.png").write_bytes(novel_png(archive, members, dataset, image))
+    queries = [folder / "queries" / f"{j:02d}.png" for j in range(episodes.n_way)]
+    for path, image in zip(queries, episodes.query[episode], strict=True):
+        path.write_bytes(novel_png(archive, members, dataset, image))
+    return folder / "support", queries, names
+
+
+@pytest.mark.slow
+def test_predict_on_novel_drawings_equals_the_evaluation(smoke_run: tuple[Path, dict[str, str]], tmp_path: Path,
+                                                         omniglot_zips: dict[str, Path]) -> None:
+    """The `vae` model's predictions from image files, through the API and the command, are the evaluation's:
+    the same episodes (support and queries of the evaluation split), the same accuracy, query by query."""
+    workspace, env = smoke_run
+    dataset = OmniglotSet.load(workspace / "data" / "prepared" / "omniglot.npz")
+    cfg = section(load_params(workspace / "params.yaml"), EvaluationConfig, "evaluation")
+    episodes = build_episodes(dataset, cfg)[cfg.headline]
+    model_path = workspace / "models" / "classifiers" / "vae" / "model.pt"
+    net, _ = load_siamese(str(model_path))
+    embeddings = embed_all(net, to_tensor(dataset.images))
+    expected = per_episode_accuracy(net, embeddings, {cfg.headline: episodes})[cfg.headline]
+    expected_choice = episode_scores(net, embeddings, episodes).argmax(-1)  # [E, N] support column of each query
+
+    model = inference.load_model(model_path)
+    members = list_zip(omniglot_zips["images_evaluation"], "images_evaluation")
+    accuracy = np.empty(len(episodes))
+    with zipfile.ZipFile(omniglot_zips["images_evaluation"]) as archive:
+        folders = [write_episode(tmp_path / f"episode{e:03d}", e, episodes, dataset, archive, members)
+                   for e in range(len(episodes))]
+    for e, (support, queries, names) in enumerate(folders):
+        bank = inference.enroll(model, inference.read_support(support, model.image_size))
+        predicted = inference.predict(model, bank, inference.read_images(queries, model.image_size)).classes[:, 0]
+        assert list(predicted) == [names[j] for j in expected_choice[e]], f"episode {e}"
+        accuracy[e] = np.mean(predicted == np.asarray(names))
+    np.testing.assert_array_equal(accuracy, expected)
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    assert round(float(accuracy.mean()), 5) == metrics["vae"][f"acc_{cfg.headline}"]
+
+    # The command, as a user runs it, on the first episodes.
+    for e, (support, queries, names) in enumerate(folders[:3]):
+        done = run([sys.executable, "-m", "pipeline.cli", "predict", "--model", str(model_path), "--support",
+                    str(support), "--query", str(queries[0].parent)], workspace, env)
+        rows = list(csv.DictReader(io.StringIO(done.stdout)))
+        assert [r["query"] for r in rows] == [str(q) for q in queries]
+        assert np.mean([r["prediction"] == n for r, n in zip(rows, names, strict=True)]) == expected[e]
+
+
+@pytest.mark.slow
+def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run: tuple[Path, dict[str, str]],
+                                                                      tmp_path: Path, omniglot_zips: dict[str, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace, env = smoke_run
+    _, ckpt = load_siamese(str(workspace / "models" / "classifiers" / "vae" / "model.pt"))
+    verify = ckpt["verify"]
+    assert verify["target"] == "eer" and verify["n_pairs"] == 2 * 2000
+    assert abs(verify["far"] - verify["frr"]) < 0.01 and 0 < verify["far"] < 0.5
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("omniglot-oneshot-smoke")
+    assert experiment is not None
+    (training,) = client.search_runs([experiment.experiment_id], "tags.kind = 'training' and tags.variant = 'vae'")
+    assert training.data.metrics["verify/threshold"] == pytest.approx(verify["threshold"])
+    child = client.search_runs([experiment.experiment_id], "tags.kind = 'variant' and tags.variant = 'vae'",
+                               order_by=["attributes.start_time ASC"])[0]
+
+    # From the pipeline's MLflow store (the workspace's mlflow.db): the same weights and threshold as model.pt.
+    uri = f"runs:/{child.info.run_id}/model"
+    model = inference.load_model(workspace / "models" / "classifiers" / "vae" / "model.pt")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
+    logged = inference.load_model(uri)
+    assert logged.identity == model.identity and logged.verify == model.verify
+    with zipfile.ZipFile(omniglot_zips["images_evaluation"]) as archive:
+        a, b = sorted(n for n in archive.namelist() if n.endswith(".png"))[:2]  # two drawers of one character
+        (tmp_path / "a.png").write_bytes(archive.read(a))
+        (tmp_path / "b.png").write_bytes(archive.read(b))
+    # The command finds runs:/ in the project's store from the project folder, MLFLOW_TRACKING_URI unset.
+    done = run([sys.executable, "-m", "pipeline.cli", "verify", "--model", uri, str(tmp_path / "a.png"),
+                str(tmp_path / "b.png")], workspace, env)
+    (row,) = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert float(row["threshold"]) == pytest.approx(verify["threshold"], abs=1e-6) and row["target"] == "eer"

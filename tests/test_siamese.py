@@ -139,6 +139,18 @@ def test_load_siamese_refuses_a_generator_checkpoint(tmp_path: Path) -> None:
         load_siamese(str(path))
 
 
+def test_load_siamese_refuses_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"model\.pt: not a Siamese checkpoint"):
+        load_siamese(str(path))
+
+
+def test_load_siamese_names_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"absent\.pt: no such model file"):
+        load_siamese(str(tmp_path / "absent.pt"))
+
+
 # ---------------------------------------------------------------------------- config
 
 

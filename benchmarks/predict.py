@@ -1,0 +1,111 @@
+"""Prediction throughput end to end: enroll 100 classes from image files, then predict 1,000 query image files,
+through the Python API (model loading, image decoding and preprocessing, embedding, scoring) and, with --cli,
+through the `oneshot-gda predict` command as a subprocess (adds interpreter start-up and imports).
+Prints seconds per step and queries per second. The drawings are real Omniglot evaluation drawings
+(OMNIGLOT_DIR), written out as PNG files; the model is a trained one if given, else a fresh network.
+
+    python benchmarks/predict.py [--model models/classifiers/vae/model.pt] [--repeats 3] [--cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from pipeline import inference
+from pipeline.config import DataConfig
+from pipeline.data import list_zip, locate_zips
+from pipeline.siamese import SiameseNet, save_siamese
+
+
+def write_drawings(folder: Path, n_classes: int, n_queries: int) -> tuple[Path, Path]:
+    """support/<class>.png (drawer 1 of each of n_classes classes) and queries/NNNN.png (other drawers)."""
+    zip_path = locate_zips(DataConfig())["images_evaluation"]
+    classes = list(list_zip(zip_path, "images_evaluation").items())[:n_classes]
+    if len(classes) < n_classes:
+        raise ValueError(f"{zip_path} has {len(classes)} classes, fewer than --classes {n_classes}")
+    support, queries = folder / "support", folder / "queries"
+    support.mkdir()
+    queries.mkdir()
+    with zipfile.ZipFile(zip_path) as archive:
+        for info, members in classes:
+            (support / f"{info.alphabet}_{info.character}.png").write_bytes(archive.read(members[0]))
+        for q in range(n_queries):
+            _, members = classes[q % n_classes]
+            (queries / f"{q:04d}.png").write_bytes(archive.read(members[1 + (q // n_classes) % 19]))
+    return support, queries
+
+
+def predict_once(model_path: Path, support: Path, queries: Path) -> dict[str, float]:
+    """One end-to-end prediction through the API; seconds per step."""
+    times: dict[str, float] = {}
+    start = last = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        times[step] = now - last
+        last = now
+
+    model = inference.load_model(model_path)
+    lap("load model")
+    support_set = inference.read_support(support, model.image_size)
+    query_images = inference.read_images(inference.list_queries([queries]), model.image_size)
+    lap("read + preprocess images")
+    bank = inference.enroll(model, support_set)
+    lap("embed support")
+    inference.predict(model, bank, query_images)
+    lap("embed + score queries")
+    times["total"] = time.perf_counter() - start
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="a trained model.pt (default: a fresh network of the default size)")
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    ap.add_argument("--cli", action="store_true", help="also time the `predict` command as a subprocess")
+    args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
+        folder = Path(tmp)
+        model_path = args.model
+        if model_path is None:
+            torch.manual_seed(0)
+            model_path = folder / "model.pt"
+            save_siamese(SiameseNet(28), str(model_path))
+        support, queries = write_drawings(folder, args.classes, args.queries)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+              f"model {args.model or 'fresh SiameseNet(28)'}; {args.classes} classes, {args.queries} queries")
+        for r in range(args.repeats):
+            times = predict_once(model_path, support, queries)
+            steps = ", ".join(f"{k} {v:.3f}s" for k, v in times.items() if k != "total")
+            print(f"api  run {r + 1}: {times['total']:.3f} s, {args.queries / times['total']:.0f} queries/s ({steps})")
+        if args.cli:
+            command = [sys.executable, "-m", "pipeline.cli", "predict", "--model", str(model_path), "--support",
+                       str(support), "--query", str(queries), "--output", str(folder / "out.csv")]
+            # The subprocess imports the same `pipeline` as this script, wherever that is.
+            env = {**os.environ, "PYTHONPATH": str(Path(inference.__file__).resolve().parents[1])}
+            for r in range(args.repeats):
+                start = time.perf_counter()
+                subprocess.run(command, check=True, env=env)
+                seconds = time.perf_counter() - start
+                print(f"cli  run {r + 1}: {seconds:.3f} s, {args.queries / seconds:.0f} queries/s "
+                      "(with interpreter start-up and imports)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`oneshot-gda`: use a trained Siamese network on new classes, one example each.
+
+    oneshot-gda predict --model models/classifiers/vae/model.pt --support support/ --query q1.png queries/
+    oneshot-gda enroll  --model models/classifiers/vae/model.pt --support support/ --out bank.npz
+    oneshot-gda predict --model models/classifiers/vae/model.pt --bank bank.npz --query queries/ --top-k 3
+    oneshot-gda verify  --model runs:/<run id>/model a.png b.png
+
+Bad input (a missing file, a non-image, an empty support folder, a file that is not a model or a
+bank) prints `error: ...` naming it and exits with status 1, having written nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import inference
+from pipeline.io import atomic_path
+
+MODEL_HELP = ("a trained classifier: models/classifiers/<variant>/model.pt of a pipeline run, or an MLflow model URI "
+              "(runs:/<run id>/model, models:/<name>/<version>) in MLFLOW_TRACKING_URI or the project's mlflow.db")
+SUPPORT_HELP = "folder of class subfolders of example images, or folder of image files each named by its class"
+
+
+def to_csv(header: list[str], rows: list[list[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Print, or write `output` under a temporary name renamed into place."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    model = inference.load_model(args.model)
+    if args.bank is not None:
+        bank = inference.Bank.load(args.bank)
+        bank.check_model(model, where=str(args.bank))
+    else:
+        bank = inference.enroll(model, inference.read_support(args.support, model.image_size))
+    queries = inference.list_queries(args.query)
+    result = inference.predict(model, bank, inference.read_images(queries, model.image_size), args.top_k)
+    header = ["query", "prediction", "score"]
+    for k in range(2, args.top_k + 1):
+        header += [f"prediction_{k}", f"score_{k}"]
+    rows = [[str(path), *(v for name, score in zip(names, scores, strict=True) for v in (name, f"{score:.6f}"))]
+            for path, names, scores in zip(queries, result.classes, result.scores, strict=True)]
+    emit(to_csv(header, rows), args.output)
+
+
+def run_enroll(args: argparse.Namespace) -> None:
+    model = inference.load_model(args.model)
+    existing = inference.Bank.load(args.out) if args.out.exists() else None
+    if existing is not None:
+        existing.check_model(model, where=str(args.out))
+    support = inference.read_support(args.support, model.image_size)
+    bank = inference.enroll(model, support, existing)
+    bank.save(args.out)
+    before = 0 if existing is None else len(existing.class_names)
+    print(f"{args.out}: {len(bank.class_names)} classes ({len(bank.class_names) - before} new), "
+          f"{len(bank.labels)} examples ({len(support.labels)} added), model {model.source}")
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    model = inference.load_model(args.model)
+    a, b = inference.read_images([args.a, args.b], model.image_size)
+    verdict = inference.verify(model, a, b, args.threshold)
+    print(to_csv(["a", "b", "same", "similarity", "threshold", "target"],
+                 [[args.a, args.b, str(verdict.same).lower(), f"{verdict.similarity:.6f}", f"{verdict.threshold:.6f}",
+                   verdict.target]]), end="")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="oneshot-gda", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = ap.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("predict", help="classify query images among the support's classes (CSV)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--support", type=Path, help=SUPPORT_HELP)
+    given.add_argument("--bank", type=Path, help="a bank written by `enroll` with the same model")
+    p.add_argument("--query", nargs="+", required=True, type=Path,
+                   help="image files and/or folders (a folder: its image files, recursively, in name order)")
+    p.add_argument("--top-k", type=int, default=1, help="also list the 2nd..K-th best classes (default 1)")
+    p.add_argument("--output", type=Path, help="CSV file to write (default: print)")
+    p.set_defaults(run=run_predict)
+
+    e = commands.add_parser("enroll", help="embed a support set once into a bank file; adds to an existing bank")
+    e.add_argument("--model", required=True, help=MODEL_HELP)
+    e.add_argument("--support", required=True, type=Path, help=SUPPORT_HELP)
+    e.add_argument("--out", required=True, type=Path, help="bank file (.npz) to write, or to add the classes to")
+    e.set_defaults(run=run_enroll)
+
+    v = commands.add_parser("verify", help="do two images show the same class? (CSV)")
+    v.add_argument("--model", required=True, help=MODEL_HELP)
+    v.add_argument("a", type=Path, help="an image file")
+    v.add_argument("b", type=Path, help="another image file")
+    v.add_argument("--threshold", type=float,
+                   help="decide with this similarity threshold instead of the one calibrated at training")
+    v.set_defaults(run=run_verify)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # The output is CSV for other programs; MLflow's download progress bars would only clutter stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        args.run(args)
+    except (OSError, ValueError) as exc:  # the library's errors name the file and what is wrong with it
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

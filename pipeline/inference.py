@@ -1,0 +1,271 @@
+"""Use a trained Siamese network after training: enroll classes from a few examples, predict, verify.
+
+    model = load_model("models/classifiers/vae/model.pt")     # or "runs:/<run id>/model", "models:/name/1"
+    bank = enroll(model, read_support("support/", model.image_size))
+    result = predict(model, bank, read_images(list_queries(["queries/"]), model.image_size), top_k=3)
+    verdict = verify(model, *read_images(["a.png", "b.png"], model.image_size))
+
+Every image goes through `data.load_image_file`, the preprocessing the training drawings had.
+Prediction scores queries exactly as `SiameseClassifier` does (the evaluation's scoring): a
+class's score is the similarity to the mean of its examples' embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import tracking
+from pipeline.data import load_image_file, to_tensor
+from pipeline.io import atomic_path
+from pipeline.siamese import SiameseClassifier, SiameseNet, embed_all, load_siamese
+from pipeline.verification import Calibration
+
+BANK_KIND = "oneshot-gda support bank"
+SUPPORT_LAYOUTS = "a folder of class subfolders holding example images, or a folder of image files named by class"
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    net: SiameseNet
+    source: str  # the path or MLflow URI it was loaded from
+    identity: str  # hash of config and weights: the same for a model.pt and its copy logged to MLflow
+    verify: Calibration | None  # the threshold calibrated at training; None for models trained before it
+
+    @property
+    def image_size(self) -> int:
+        return int(self.net.config["image_size"])
+
+
+def model_identity(net: SiameseNet) -> str:
+    """sha256 of the constructor config and every weight: which network made an embedding."""
+    digest = hashlib.sha256(json.dumps(net.config, sort_keys=True).encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_model(spec: str | Path) -> TrainedModel:
+    """A trained Siamese network from a `train_classifier` model.pt or an MLflow model URI.
+
+    URIs (`runs:/<run id>/model`, `models:/<name>/<version>`) are read from `tracking.tracking_uri()`.
+    Anything that is not a Siamese network of this pipeline is a ValueError naming `spec`.
+    """
+    spec = str(spec)
+    if tracking.is_model_uri(spec):
+        net, metadata = tracking.load_logged_model(spec)
+        if not isinstance(net, SiameseNet):
+            raise ValueError(f"{spec}: the logged model is a {type(net).__name__}, not a Siamese network of this "
+                             "pipeline (log it from `stages/evaluate.py`)")
+        verify = metadata.get("verify")
+    else:
+        net, ckpt = load_siamese(spec)
+        verify = ckpt.get("verify")
+    net.eval()
+    return TrainedModel(net=net, source=spec, identity=model_identity(net),
+                        verify=Calibration(**verify) if verify else None)
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _visible(folder: Path) -> list[Path]:
+    """The entries of `folder`, sorted by name, without hidden ones (.DS_Store, .git, ...)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def read_images(paths: Sequence[str | Path], size: int) -> np.ndarray:
+    """Image files -> uint8 [N, size, size], strokes 255, through the training preprocessing."""
+    out = np.empty((len(paths), size, size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        out[i] = load_image_file(path, size)
+    return out
+
+
+def list_queries(paths: Iterable[str | Path]) -> list[Path]:
+    """Files and folders -> image files, in the order given; a folder gives its files (recursively) sorted."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                raise ValueError(f"{path}: query folder holds no image files")
+            out.extend(files)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such query file or folder")
+    if not out:
+        raise ValueError("no query images given")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Support:
+    """Labelled example images: the support set of a few-shot task."""
+
+    class_names: tuple[str, ...]  # [C]
+    labels: np.ndarray  # [N] int64 index into class_names
+    images: np.ndarray  # [N, S, S] uint8, strokes 255
+    paths: tuple[Path, ...]  # [N] the file each image came from
+
+
+def support_files(folder: str | Path) -> dict[str, list[Path]]:
+    """Class name -> its example files, for either support layout (see `SUPPORT_LAYOUTS`)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such support folder")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: the support must be {SUPPORT_LAYOUTS}")
+    entries = _visible(folder)
+    subfolders = [p for p in entries if p.is_dir()]
+    files = [p for p in entries if not p.is_dir()]
+    if subfolders and files:
+        raise ValueError(f"{folder}: holds both class subfolders ({subfolders[0].name}) and image files "
+                         f"({files[0].name}); the support must be {SUPPORT_LAYOUTS}")
+    if not entries:
+        raise ValueError(f"{folder}: empty support folder; the support must be {SUPPORT_LAYOUTS}")
+    classes: dict[str, list[Path]] = {}
+    if subfolders:
+        for sub in subfolders:
+            examples = _visible(sub)
+            if not examples:
+                raise ValueError(f"{sub}: class folder {sub.name!r} holds no images")
+            nested = [p for p in examples if p.is_dir()]
+            if nested:
+                raise ValueError(f"{nested[0]}: a class folder holds image files, not folders")
+            classes[sub.name] = examples
+        return classes
+    for path in files:
+        if path.stem in classes:
+            raise ValueError(f"{path} and {classes[path.stem][0].name} both name class {path.stem!r}; "
+                             "give a class several examples as a subfolder")
+        classes[path.stem] = [path]
+    return classes
+
+
+def read_support(folder: str | Path, size: int) -> Support:
+    """Read a support folder in either layout (see `SUPPORT_LAYOUTS`), classes in name order."""
+    classes = support_files(folder)
+    paths = [p for examples in classes.values() for p in examples]
+    labels = np.concatenate([np.full(len(examples), c) for c, examples in enumerate(classes.values())])
+    return Support(class_names=tuple(classes), labels=labels.astype(np.int64), images=read_images(paths, size),
+                   paths=tuple(paths))
+
+
+# ---------------------------------------------------------------------------- the bank
+
+
+@dataclasses.dataclass(frozen=True)
+class Bank:
+    """Enrolled classes: one embedding per example image, and the model that made them."""
+
+    class_names: tuple[str, ...]  # [C]
+    labels: np.ndarray  # [M] int64 index into class_names
+    embeddings: np.ndarray  # [M, D] float32, `embed_all` of each example
+    model_identity: str  # `model_identity` of the network that embedded them
+    model_source: str  # where that network was loaded from, for messages
+
+    def save(self, path: str | Path) -> None:
+        """Write the bank as .npz, under a temporary name renamed into place."""
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, kind=np.array(BANK_KIND), class_names=np.array(self.class_names, dtype=str),
+                     labels=self.labels, embeddings=self.embeddings,
+                     model_identity=np.array(self.model_identity), model_source=np.array(self.model_source))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bank:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such bank file")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["kind"]) != BANK_KIND:
+                    raise KeyError("kind")
+                return cls(class_names=tuple(str(n) for n in data["class_names"]),
+                           labels=data["labels"].astype(np.int64), embeddings=data["embeddings"].astype(np.float32),
+                           model_identity=str(data["model_identity"]), model_source=str(data["model_source"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a bank written by `enroll`") from exc
+
+    def check_model(self, model: TrainedModel, where: str = "the bank") -> None:
+        """Embeddings of one network mean nothing to another: refuse any other model."""
+        if self.model_identity != model.identity:
+            raise ValueError(f"{where} was enrolled with another model ({self.model_source}, weights "
+                             f"{self.model_identity[:12]}) than {model.source} (weights {model.identity[:12]}); "
+                             "enroll the support again with this model")
+
+
+def enroll(model: TrainedModel, support: Support, bank: Bank | None = None) -> Bank:
+    """Embed the support once. With `bank`, its classes are kept and the support is added: a new
+    name becomes a new class, a name it has gets more examples."""
+    embeddings = embed_all(model.net, to_tensor(support.images)).cpu().numpy()
+    if bank is None:
+        return Bank(class_names=support.class_names, labels=support.labels, embeddings=embeddings,
+                    model_identity=model.identity, model_source=model.source)
+    bank.check_model(model)
+    names = list(dict.fromkeys([*bank.class_names, *support.class_names]))
+    index = {name: i for i, name in enumerate(names)}
+    labels = np.array([index[support.class_names[label]] for label in support.labels], dtype=np.int64)
+    return dataclasses.replace(bank, class_names=tuple(names), labels=np.concatenate([bank.labels, labels]),
+                               embeddings=np.concatenate([bank.embeddings, embeddings]))
+
+
+# ---------------------------------------------------------------------------- predict, verify
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    classes: np.ndarray  # [Q, K] str: the K best classes of each query, best first
+    scores: np.ndarray  # [Q, K] float32: their similarity scores
+
+
+def predict(model: TrainedModel, bank: Bank, images: np.ndarray, top_k: int = 1) -> Prediction:
+    """The `top_k` best enrolled classes for each query image [Q, S, S] uint8, scored as in evaluation."""
+    bank.check_model(model)
+    n_classes = len(bank.class_names)
+    if not 1 <= top_k <= n_classes:
+        raise ValueError(f"top_k={top_k}; it must be between 1 and the {n_classes} enrolled classes")
+    classifier = SiameseClassifier(model.net)
+    classifier.process_support_embeddings(torch.from_numpy(bank.embeddings), bank.labels)
+    scores, best = classifier.scores(to_tensor(images)).topk(top_k, dim=-1)
+    assert classifier.support_labels is not None  # set by process_support_embeddings
+    names = np.asarray(bank.class_names)[classifier.support_labels]
+    return Prediction(classes=names[best.cpu().numpy()], scores=scores.cpu().numpy())
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    same: bool  # similarity >= threshold
+    similarity: float
+    threshold: float
+    target: str  # what the threshold was calibrated for (`eer`, `far@0.01`), or `given`
+
+
+def verify(model: TrainedModel, a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> Verdict:
+    """Same class or not, for two images [S, S] uint8; `threshold` overrides the model's calibrated one."""
+    if threshold is not None:
+        target = "given"
+    elif model.verify is not None:
+        threshold, target = model.verify.threshold, model.verify.target
+    else:
+        raise ValueError(f"{model.source} carries no calibrated verification threshold (it was trained before "
+                         "`siamese.verify_target` existed); retrain it, or give a threshold")
+    embeddings = embed_all(model.net, to_tensor(np.stack([a, b])))
+    with torch.no_grad():
+        similarity = float(model.net.pair_similarity(embeddings[:1], embeddings[1:])[0])
+    return Verdict(same=similarity >= threshold, similarity=similarity, threshold=float(threshold), target=target)
