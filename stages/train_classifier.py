@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 
 import numpy as np
-import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
 
 from pipeline import tracking
@@ -17,17 +15,10 @@ from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
 from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import sample_episodes
 from pipeline.io import atomic_dir, write_json
-from pipeline.siamese import (
-    PairBatches,
-    SiameseConfig,
-    SiameseModule,
-    SiameseNet,
-    calibrate_verification,
-    save_siamese,
-)
+from pipeline.siamese import SiameseConfig, calibrate_verification, save_siamese
 from pipeline.synthesis import SynthesisConfig
 from pipeline.synthetic import SyntheticSet
-from pipeline.training import build_trainer, configure_torch, export_model, prepare_model
+from pipeline.training import configure_torch, fit_siamese
 from pipeline.variants import VariantConfig, training_pools
 from pipeline.verification import sample_pairs
 
@@ -71,24 +62,14 @@ def main() -> None:
     val_episodes = dataclasses.replace(val_episodes, support=remap[val_episodes.support],
                                        query=remap[val_episodes.query])
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    net = prepare_model(SiameseNet(int(dataset.images.shape[-1]), cfg.channels, cfg.embedding_dim, cfg.loss),
-                        trainer_cfg)
-    module = SiameseModule(net, cfg, val_data={"images": to_tensor(dataset.images[val_idx]),
-                                               "episodes": val_episodes})
-    loader = torch.utils.data.DataLoader(PairBatches(pools, cfg.batch_classes, cfg.seed, transform),
-                                         batch_size=None, num_workers=1, persistent_workers=True)
-    val_loader: list[int] = [0]  # one validation 'batch'; validation reads module.val_data
-
+    val_data = {"images": to_tensor(dataset.images[val_idx]), "episodes": val_episodes}
     with atomic_dir(args.out) as tmp:
         loggers: list = [CSVLogger(tmp, name="", version="")]
         if uri is not None:
             loggers.append(MLFlowLogger(
                 experiment_name=tracking_cfg.experiment, tracking_uri=uri, run_name=f"train:{args.variant}",
                 tags=tracking.run_tags(kind="training", variant=args.variant, generator=variant.synthetic)))
-        trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every)
-        trainer.fit(module, loader, val_loader)
-        net = export_model(net)
+        net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=transform, val_data=val_data)
         pairs = sample_pairs(dataset.labels, dataset.classes("source"), cfg.verify_pairs,
                              np.random.default_rng(cfg.seed))
         verify = calibrate_verification(net, dataset.images, pairs, cfg.verify_target)

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -49,7 +50,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, omniglot_dir: Path) -> t
 def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str, str]]) -> None:
     workspace, _ = smoke_run
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
-    assert list(metrics) == ["baseline", "classic", "vae", "oracle"]
+    assert list(metrics) == ["baseline", "classic", "vae", "gan", "oracle"]
     for variant, m in metrics.items():
         for key in PROTOCOLS:
             assert 0.0 <= m[key] <= 1.0, (variant, key, m[key])
@@ -62,9 +63,24 @@ def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str,
             assert m["delta_20way_vs_baseline_ci95"] > 0
     # Chance is 1/20; even the quick profile's classifiers are far above it.
     assert min(m["acc_20way"] for m in metrics.values()) > 0.15
-    assert 0.0 <= metrics["vae"]["synthetic_class_consistency"] <= 1.0
-    for picture in ("samples_vae.png", "curves.png", "accuracy.png"):
+    for generator in ("vae", "gan"):
+        m = metrics[generator]
+        for key in ("synthetic_class_consistency", "real_class_consistency", "acc_20way_exemplar",
+                    "acc_20way_prototype"):
+            assert 0.0 <= m[key] <= 1.0, (generator, key)
+        assert m["synthetic_diversity"] > 0, "the noise must change the drawings"
+        assert m["delta_20way_prototype_vs_exemplar"] == pytest.approx(
+            m["acc_20way_prototype"] - m["acc_20way_exemplar"], abs=2e-5)
+        # The sweep: 0 is scored from `classic`, the variant's own count from the variant, the others trained.
+        sweep = pd.read_csv(workspace / "reports" / "sweep" / f"{generator}.csv")
+        assert list(sweep["n_synthetic"]) == [0, 4, 8]
+        assert sweep["acc_20way"].iloc[0] == pytest.approx(metrics["classic"]["acc_20way"], abs=2e-5)
+        assert sweep["acc_20way"].iloc[-1] == pytest.approx(m["acc_20way"], abs=2e-5)
+    assert metrics["vae"]["real_class_consistency"] == metrics["gan"]["real_class_consistency"], \
+        "both generators are measured on the same novel exemplars in the same reference embedding"
+    for picture in ("samples_vae.png", "samples_gan.png", "curves.png", "accuracy.png", "sweep.png"):
         assert (workspace / "reports" / picture).stat().st_size > 1000
+    assert (workspace / "models" / "reference" / "model.pt").is_file()
     for table in ("curves.csv", "accuracy.csv"):
         assert (workspace / "reports" / "plots" / table).stat().st_size > 100
 
@@ -116,7 +132,7 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
         assert r.info.status == "FINISHED"
     (parent,) = by_kind["pipeline"]
     children = {r.data.tags["variant"]: r for r in by_kind["variant"]}
-    assert set(children) == {"baseline", "classic", "vae", "oracle"}
+    assert set(children) == {"baseline", "classic", "vae", "gan", "oracle"}
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
     for variant, r in children.items():
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -129,10 +145,19 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
         assert "history" in artifacts
     assert children["oracle"].data.tags["ceiling"] == "true"
     assert children["vae"].data.tags["generator"] == "vae"
-    assert "samples_vae.png" in {a.path for a in client.list_artifacts(children["vae"].info.run_id)}
+    for generator in ("vae", "gan"):
+        run_id = children[generator].info.run_id
+        assert f"samples_{generator}.png" in {a.path for a in client.list_artifacts(run_id)}
+        sweep = client.get_metric_history(run_id, "sweep/acc_20way")
+        assert sorted(m.step for m in sweep) == [0, 4, 8]
+    assert "sweep.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {r.data.tags["variant"] for r in by_kind["training"]} == set(children)
-    (gen,) = by_kind["generator"]
-    assert len(client.get_metric_history(gen.info.run_id, "train/loss")) > 3
+    generators = {r.data.tags["generator"]: r for r in by_kind["generator"]}
+    assert set(generators) == {"vae", "gan"}
+    assert len(client.get_metric_history(generators["vae"].info.run_id, "train/loss")) > 3
+    assert len(client.get_metric_history(generators["gan"].info.run_id, "train/loss_critic")) > 3
+    assert generators["gan"].data.metrics["perf/pairs_per_s"] > 0
+    assert len(by_kind["reference"]) == 1, "the reference embedding logs its own training run"
 
 
 @pytest.mark.slow

@@ -42,6 +42,8 @@ class GANConfig:
     flow_resolution: int = 7  # the displacement field is made at this resolution, then smoothly upsampled
     diversity_weight: float = 5.0  # weight of the mode-seeking term
     diversity_cap: float = 0.05  # it stops paying once two fields' shapes differ by this much per unit noise
+    fold_weight: float = 10.0  # penalty on fields that fold or crush strokes (local area ratio below fold_floor)
+    fold_floor: float = 0.3
     critic_steps: int = 1  # critic updates per generator update
     batch_size: int = 64
     lr_generator: float = 2e-4
@@ -62,6 +64,8 @@ class GANConfig:
         _check(self.batch_size >= 2, f"{key}.batch_size", self.batch_size,
                "at least 2 (half the batch is drawn twice, with two noise vectors)")
         _check(self.diversity_weight >= 0, f"{key}.diversity_weight", self.diversity_weight, "a number >= 0")
+        _check(self.fold_weight >= 0, f"{key}.fold_weight", self.fold_weight, "a number >= 0")
+        _check(0 <= self.fold_floor < 1, f"{key}.fold_floor", self.fold_floor, "a number in [0, 1)")
         _check(self.diversity_cap > 0, f"{key}.diversity_cap", self.diversity_cap, "a number > 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{key}.betas", self.betas,
                "two Adam betas in [0, 1)")
@@ -145,6 +149,18 @@ class DAGANGenerator(nn.Module):
         return drawn.view(b, n, 1, self.image_size, self.image_size)
 
 
+def area_ratio(flow: torch.Tensor) -> torch.Tensor:
+    """Local area ratio (Jacobian determinant) of x -> x + flow(x), by finite differences: [B, S-1, S-1].
+
+    flow: [B, S, S, 2] in grid units (x, y). 1 = no change, < 1 compresses, <= 0 folds strokes over
+    each other, which a warp of real drawings never does.
+    """
+    step = 2.0 / flow.shape[1]  # grid units per pixel
+    dx = (flow[:, :-1, 1:] - flow[:, :-1, :-1]) / step  # d(flow)/dx: [B, S-1, S-1, 2]
+    dy = (flow[:, 1:, :-1] - flow[:, :-1, :-1]) / step
+    return (1 + dx[..., 0]) * (1 + dy[..., 1]) - dx[..., 1] * dy[..., 0]
+
+
 class PairCritic(nn.Module):
     """(exemplar, drawing) pair [B, 2, S, S] -> realness score [B]; spectrally normalised convolutions."""
 
@@ -208,7 +224,8 @@ class GANModule(pl.LightningModule):
         d = flow[:half] - flow[half:]
         spread = (d - d.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2, 3)) / (z[:half] - z[half:]).abs().mean(1)
         loss_div = -spread.clamp(max=self.cfg.diversity_cap).mean()
-        loss_g = loss_adv + self.cfg.diversity_weight * loss_div
+        loss_fold = F.relu(self.cfg.fold_floor - area_ratio(flow.float())).mean()
+        loss_g = loss_adv + self.cfg.diversity_weight * loss_div + self.cfg.fold_weight * loss_fold
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()
@@ -217,6 +234,7 @@ class GANModule(pl.LightningModule):
 
         copy = (pair_exemplar - real).abs().mean()
         self.log_dict({"train/loss_critic": loss_d, "train/loss_generator": loss_adv, "train/spread": spread.mean(),
+                       "train/fold": loss_fold,
                        "train/critic_gap": d_real.mean() - d_fake.mean(),
                        "train/change_vs_pair_change": (fake - exemplar).abs().mean() / copy.clamp_min(1e-6)},
                       prog_bar=True)
