@@ -72,8 +72,10 @@ def fit_siamese(pools: list[Any], cfg: Any, trainer_cfg: TrainerConfig, loggers:
     size = int(pools[0].shape[-1])
     net = prepare_model(SiameseNet(size, cfg.channels, cfg.embedding_dim, cfg.loss), trainer_cfg)
     module = SiameseModule(net, cfg, val_data=val_data)
+    # Batches are built in this process: on 2 cores a loader worker competes with the model for them
+    # (300 steps: 11.9 s in-process, 15.1 s with one worker, 13.3 s with two; same batches either way).
     loader = torch.utils.data.DataLoader(PairBatches(pools, cfg.batch_classes, cfg.seed, transform),
-                                         batch_size=None, num_workers=1, persistent_workers=True)
+                                         batch_size=None, num_workers=0)
     trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None)
     # One validation 'batch': validation reads module.val_data.
     trainer.fit(module, loader, [0] if val_data else None)
