@@ -4,7 +4,7 @@
 #   data     the Omniglot zips: $OMNIGLOT_DIR if set, else downloaded once into data/raw/omniglot (MD5-checked)
 #   test     ruff, mypy, pytest (with `dvc repro` of the quick profile in a temporary repo)
 #   smoke    the whole pipeline on the quick profile, in build/smoke
-#   repro    the whole pipeline on the default profile, here (nightly or by hand: ~10 min on 2 cores)
+#   repro    the whole pipeline on the default profile, here (nightly or by hand: ~25 min on 2 cores)
 #   gate     each run's metrics against its profile's floors and committed reference; writes reports/report.md
 #   summary  the reports as Markdown (a job summary): pictures are in the uploaded reports, not inline
 set -euo pipefail
