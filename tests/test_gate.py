@@ -178,10 +178,11 @@ def test_committed_metrics_pass_the_gate(tmp_path: Path) -> None:
 
 def test_a_ten_point_drop_of_an_augmented_variant_fails_and_is_named(tmp_path: Path, committed: dict) -> None:
     degraded = copy.deepcopy(committed)
-    degraded["vae"]["acc_20way"] = round(degraded["vae"]["acc_20way"] - 0.10, 5)
+    was = committed["vae"]["acc_20way"]
+    degraded["vae"]["acc_20way"] = round(was - 0.10, 5)
     result = gate(tmp_path, degraded, "--report", str(tmp_path / "report.md"))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAIL: vae acc_20way fell 0.100 (0.829 -> 0.729; tolerance 0.020)" in result.stdout
+    assert f"FAIL: vae acc_20way fell 0.100 ({was:.3f} -> {was - 0.10:.3f}; tolerance 0.020)" in result.stdout
     assert "gate: FAIL" in result.stdout
     report = (tmp_path / "report.md").read_text()
     assert "Gate: **FAIL**" in report and "- FAIL: vae acc_20way fell 0.100" in report
@@ -205,7 +206,7 @@ def test_a_floor_fails_even_when_the_reference_agrees(tmp_path: Path, committed:
     (tmp_path / "params.yaml").write_text(json.dumps(params))  # YAML reads JSON
     result = gate(tmp_path, committed, "--params", str(tmp_path / "params.yaml"))
     assert result.returncode == 1
-    assert "FAIL: vae acc_20way = 0.829 is below its floor 0.900" in result.stdout
+    assert f"FAIL: vae acc_20way = {committed['vae']['acc_20way']:.3f} is below its floor 0.900" in result.stdout
 
 
 def test_a_variant_missing_from_the_run_fails_a_new_one_is_reported(tmp_path: Path, committed: dict) -> None:
@@ -215,11 +216,13 @@ def test_a_variant_missing_from_the_run_fails_a_new_one_is_reported(tmp_path: Pa
     assert "FAIL: classic acc_20way is in references/default.json but not in" in result.stdout
     assert "FAIL: classic acc_20way has a floor" in result.stdout
 
-    grown = {**committed, "gan": dict(committed["vae"])}
+    grown = {**committed, "diffusion": dict(committed["vae"])}
     result = gate(tmp_path, grown)
     assert result.returncode == 0, result.stdout
-    assert "| gan      | acc_20way               | -         | 0.829 | -      | -         | new     |" in result.stdout
-    assert "new, not in the reference yet: gan" in result.stdout
+    row = [line for line in result.stdout.splitlines() if line.startswith("| diffusion | acc_20way ")]
+    assert row and [c.strip() for c in row[0].split("|")[3:8]] == [
+        "-", f"{committed['vae']['acc_20way']:.3f}", "-", "-", "new"], row
+    assert "new, not in the reference yet: diffusion" in result.stdout
 
 
 def test_a_malformed_metrics_file_is_a_clear_error(tmp_path: Path) -> None:
