@@ -6,9 +6,12 @@ import dataclasses
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.data import DRAWERS, OmniglotSet
 from pipeline.siamese import SiameseNet, save_siamese
 from pipeline.verification import Calibration
 
@@ -60,3 +63,25 @@ def class_files(root: Path, drawings: dict[str, list[bytes]], names: list[str], 
     for name in names:
         write_drawing(root / f"{name}.png", drawings[name][drawer])
     return root
+
+
+def blobs(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth blob drawings [n, 1, size, size] in 0..1 with an empty 3-pixel border (generator tests)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = (torch.rand(n, 1, size // 4, size // 4, generator=g) < 0.35).float()
+    x = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return F.pad(x[:, :, 3:-3, 3:-3], (3, 3, 3, 3))
+
+
+def coded_dataset(roles: np.ndarray, exemplar_drawer: np.ndarray, size: int = 4) -> OmniglotSet:
+    """len(roles) classes x 20 drawers in class-then-drawer order; image i is constant with value i."""
+    n = len(roles) * DRAWERS
+    return OmniglotSet(
+        images=np.stack([np.full((size, size), i, np.uint8) for i in range(n)]),
+        labels=np.repeat(np.arange(len(roles)), DRAWERS),
+        drawers=np.tile(np.arange(DRAWERS), len(roles)),
+        class_alphabet=np.array(["A"] * len(roles)),
+        class_character=np.array([f"character{c:02d}" for c in range(len(roles))]),
+        class_role=roles,
+        exemplar_drawer=exemplar_drawer,
+    )

@@ -17,6 +17,7 @@ from pipeline.data import OmniglotSet
 from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
 from pipeline.generators.blocks import SameClassPairs
 from pipeline.generators.gan import DAGANGenerator, GANConfig, GANModule, PairCritic, build
+from tests.drawings import blobs
 
 SIZE, NOISE, WIDTHS, FLOW = 16, 4, (8, 16), 4
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -38,11 +39,7 @@ def tiny_generator(seed: int = 0, identity: bool = False) -> DAGANGenerator:
 
 
 def drawings(n: int, seed: int = 0) -> torch.Tensor:
-    """Smooth blob drawings [n, 1, S, S] in 0..1 with an empty 3-pixel border."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = (torch.rand(n, 1, SIZE // 4, SIZE // 4, generator=g) < 0.35).float()
-    x = F.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-    return F.pad(x[:, :, 3:-3, 3:-3], (3, 3, 3, 3))
+    return blobs(n, SIZE, seed)
 
 
 def seeded(seed: int) -> torch.Generator:

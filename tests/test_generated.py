@@ -20,6 +20,7 @@ from pipeline.synthesis import novel_exemplars
 from pipeline.synthetic import SyntheticSet
 from pipeline.variants import SweepConfig, VariantConfig, training_pools
 from stages.sweep import reusable
+from tests.drawings import coded_dataset as make_coded_dataset
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -182,17 +183,7 @@ SIZE = 4
 
 @pytest.fixture
 def coded_dataset() -> OmniglotSet:
-    """5 classes x 20 drawers in class-then-drawer order; image i is constant with value i."""
-    n = len(ROLES) * DRAWERS
-    return OmniglotSet(
-        images=np.stack([np.full((SIZE, SIZE), i, np.uint8) for i in range(n)]),
-        labels=np.repeat(np.arange(len(ROLES)), DRAWERS),
-        drawers=np.tile(np.arange(DRAWERS), len(ROLES)),
-        class_alphabet=np.array(["A"] * len(ROLES)),
-        class_character=np.array([f"character{c:02d}" for c in range(len(ROLES))]),
-        class_role=ROLES,
-        exemplar_drawer=EXEMPLAR_DRAWER,
-    )
+    return make_coded_dataset(ROLES, EXEMPLAR_DRAWER, SIZE)
 
 
 def drawn_set(per_class: int = 4, generator: str = "gan") -> SyntheticSet:

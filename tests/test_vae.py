@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.config import ParamsError, from_dict
@@ -18,6 +17,7 @@ from pipeline.generators.blocks import SameClassPairs
 from pipeline.generators.vae import ExemplarVAE, VAEConfig, VAEModule, build, multiscale_error
 from pipeline.siamese import SiameseNet, save_siamese
 from pipeline.synthesis import sample_grid, synthesize_from_exemplars
+from tests.drawings import blobs
 
 SIZE, LATENT, WIDTHS = 16, 4, (8, 16)
 
@@ -38,11 +38,7 @@ def tiny_vae(seed: int = 0, identity: bool = False) -> ExemplarVAE:
 
 
 def drawings(n: int, seed: int = 0) -> torch.Tensor:
-    """Smooth blob drawings [n, 1, S, S] in 0..1 with an empty 3-pixel border."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = (torch.rand(n, 1, SIZE // 4, SIZE // 4, generator=g) < 0.35).float()
-    x = F.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-    return F.pad(x[:, :, 3:-3, 3:-3], (3, 3, 3, 3))
+    return blobs(n, SIZE, seed)
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -9,6 +9,7 @@ from pipeline.config import ParamsError, from_dict
 from pipeline.data import DRAWERS, OmniglotSet
 from pipeline.synthetic import SyntheticSet
 from pipeline.variants import VariantConfig, training_pools
+from tests.drawings import coded_dataset
 
 ROLES = np.array(["source", "train", "novel", "train", "train", "source"])
 EXEMPLAR_DRAWER = np.array([-1, 7, -1, 0, 19, -1])  # classes 1, 3, 4 are the one-shot training classes
@@ -18,17 +19,7 @@ SIZE = 4
 
 @pytest.fixture
 def dataset() -> OmniglotSet:
-    """6 classes x 20 drawers in class-then-drawer order; image i is constant with value i."""
-    n = len(ROLES) * DRAWERS
-    return OmniglotSet(
-        images=np.stack([np.full((SIZE, SIZE), i, np.uint8) for i in range(n)]),
-        labels=np.repeat(np.arange(len(ROLES)), DRAWERS),
-        drawers=np.tile(np.arange(DRAWERS), len(ROLES)),
-        class_alphabet=np.array(["A"] * len(ROLES)),
-        class_character=np.array([f"character{c:02d}" for c in range(len(ROLES))]),
-        class_role=ROLES,
-        exemplar_drawer=EXEMPLAR_DRAWER,
-    )
+    return coded_dataset(ROLES, EXEMPLAR_DRAWER, SIZE)
 
 
 def empty_synthetic() -> SyntheticSet:
