@@ -31,6 +31,12 @@ class SyntheticSet:
             return cls(images=data["images"], labels=data["labels"], generator=manifest.pop("generator"),
                        info=manifest)
 
+    @property
+    def variant_count(self) -> int | None:
+        """Synthetic drawings per class the variants train on (`synthesis.n_per_exemplar` when drawn); None: all."""
+        count = self.info.get("variant_count")
+        return None if count is None else int(count)
+
     def for_class(self, c: int, n: int | None = None) -> np.ndarray:
         """The first `n` (all when None) synthetic drawings of class c, in the order they were drawn."""
         drawn = self.images[self.labels == c]

@@ -51,7 +51,11 @@ def main() -> None:
         images=drawn.reshape(-1, *exemplars.shape[1:]),
         labels=np.repeat(train_classes, n),
         generator=ckpt["family"],
-        info={"n_per_exemplar": n, "temperature": cfg.temperature, "seed": cfg.seed, "classes": len(train_classes)},
+        # The variants train on the first `variant_count` drawings of each class (the rest are the
+        # sweep's): recorded here, so that train_classifier reads it from the set, not from params,
+        # and a new count reruns only the classifiers whose set changed.
+        info={"n_per_exemplar": n, "variant_count": cfg.n_per_exemplar, "temperature": cfg.temperature,
+              "seed": cfg.seed, "classes": len(train_classes)},
     )
     with atomic_dir(args.out) as tmp:
         synthetic.save(tmp)

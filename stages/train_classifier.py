@@ -16,7 +16,6 @@ from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import sample_episodes
 from pipeline.io import atomic_dir, write_json
 from pipeline.siamese import SiameseConfig, calibrate_verification, save_siamese
-from pipeline.synthesis import SynthesisConfig
 from pipeline.synthetic import SyntheticSet
 from pipeline.training import configure_torch, fit_siamese
 from pipeline.variants import VariantConfig, training_pools
@@ -46,8 +45,9 @@ def main() -> None:
     if synthetic.generator != variant.synthetic:
         raise ValueError(f"{args.synthetic} holds drawings of generator {synthetic.generator!r}, but "
                          f"variants.{args.variant}.synthetic is {variant.synthetic!r}")
-    # The first n_per_exemplar of each class: the synthesis stage may draw more, for the sweep.
-    pools = training_pools(dataset, variant, synthetic, section(params, SynthesisConfig, "synthesis").n_per_exemplar)
+    # The first `synthesis.n_per_exemplar` of each class, as the set records it: the synthesis stage
+    # may draw more, for the sweep.
+    pools = training_pools(dataset, variant, synthetic, synthetic.variant_count)
     transform = classic_transform(augment, cfg.seed) if variant.classic else None
 
     # Learning curve: seen-class episodes (exemplar support, held-out query), never the novel classes.

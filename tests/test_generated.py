@@ -214,6 +214,14 @@ def test_for_class_refuses_more_than_were_drawn() -> None:
         drawn_set().for_class(4, 5)
 
 
+def test_the_set_records_how_many_drawings_the_variants_train_on(tmp_path: Path) -> None:
+    """synthesize writes `variant_count` (synthesis.n_per_exemplar); a set without it means all drawings."""
+    synthetic = dataclasses.replace(drawn_set(), info={"n_per_exemplar": 4, "variant_count": 2})
+    synthetic.save(tmp_path)
+    assert SyntheticSet.load(tmp_path).variant_count == 2
+    assert drawn_set().variant_count is None
+
+
 def test_the_empty_set_gives_nothing_for_any_count() -> None:
     """The real-only variants read the empty 'none' set whatever n_per_exemplar is."""
     empty = SyntheticSet(images=np.empty((0, SIZE, SIZE), np.uint8), labels=np.empty(0, np.int64), generator="none")

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -115,6 +116,18 @@ def test_dvc_sees_metrics_and_reruns_only_what_changed(smoke_run: tuple[Path, di
         (workspace / "params.yaml").write_text(params)
     assert "synthesize@vae" in changed
     assert not any(s.startswith(("prepare", "train_generator", "train_classifier@baseline")) for s in changed)
+
+    # How many synthetic drawings the variants train on is recorded by synthesize: a new count
+    # reruns the synthesis (and after it the generator variants), never a real-only classifier.
+    fewer, swapped = re.subn(r"\bn_per_exemplar: \d+", "n_per_exemplar: 3", params)
+    assert swapped == 1, "the workspace's params.yaml should set synthesis.n_per_exemplar once"
+    try:
+        (workspace / "params.yaml").write_text(fewer)
+        changed = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], workspace, env).stdout))
+    finally:
+        (workspace / "params.yaml").write_text(params)
+    assert {"synthesize@vae", "synthesize@gan"} <= changed
+    assert not any(s.startswith("train_classifier@") for s in changed), changed
 
 
 @pytest.mark.slow
