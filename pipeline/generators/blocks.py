@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import Encoder
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
@@ -23,6 +24,28 @@ def conv_encoder(in_channels: int, out_channels: int, widths: tuple[int, ...], d
         double_z=double_z,
         mid_block_add_attention=False,
     )
+
+
+def multiscale_errors(output: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """Squared error summed over pixels at several poolings, per drawing: [B].
+
+    Coarse scales give a gradient even where strokes do not overlap yet; each scale is weighted
+    by its pooling area so that all count about equally.
+    """
+    total = output.new_zeros(len(output))
+    for s in scales:
+        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
+        total = total + (a - b).pow(2).sum(dim=(1, 2, 3)) * s * s
+    return total
+
+
+def multiscale_error(output: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """`multiscale_errors`, mean over the batch (each scale's mean summed: the VAE's loss, kept bit for bit)."""
+    total = output.new_zeros(())
+    for s in scales:
+        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
+        total = total + (a - b).pow(2).sum(dim=(1, 2, 3)).mean() * s * s
+    return total
 
 
 class FiLMResnet(nn.Module):

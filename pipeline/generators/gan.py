@@ -13,6 +13,11 @@ never gets further. Moving strokes keeps the identity by construction, so advers
 only has to learn *how* drawers differ. Noise that the generator ignores is caught twice: the
 critic sees exact copies as fake (real pairs are never identical), and a mode-seeking term
 (Mao et al. 2019) rewards two noise vectors for giving two different drawings.
+
+The critic alone teaches plausible drawings, not the *range* of ways people draw a character:
+each batch also draws every exemplar K times, and the draw nearest to the real second drawing
+is pulled towards it (best of K, implicit maximum likelihood: Li & Malik 2018). The other draws
+get no such pull, so the noise comes to cover the drawers' variation instead of averaging it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.config import _check, positive
-from pipeline.generators.blocks import identity_grid
+from pipeline.generators.blocks import identity_grid, multiscale_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +47,21 @@ class GANConfig:
     flow_resolution: int = 7  # the displacement field is made at this resolution, then smoothly upsampled
     diversity_weight: float = 5.0  # weight of the mode-seeking term
     diversity_cap: float = 0.05  # it stops paying once two fields' shapes differ by this much per unit noise
-    fold_weight: float = 10.0  # penalty on fields that fold or crush strokes (local area ratio below fold_floor)
+    fold_weight: float = 0.0  # penalty on fields that fold or crush strokes (local area ratio below fold_floor)
     fold_floor: float = 0.3
+    # Best-of-K reconstruction (implicit maximum likelihood): of K noise draws for an exemplar, the
+    # one nearest to a real other drawing of its class is pulled towards it; 0 = adversarial only.
+    reconstruction_weight: float = 5.0
+    reconstruction_samples: int = 4  # K noise draws per exemplar (>= 2: two of them also feed mode seeking)
+    scales: tuple[int, ...] = (1, 2, 4)  # pooling factors of the reconstruction error (as the VAE's)
     critic_steps: int = 1  # critic updates per generator update
     batch_size: int = 64
     lr_generator: float = 2e-4
     lr_critic: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.9)
-    max_steps: int = 3000  # generator updates
+    max_steps: int = 2000  # generator updates
     seed: int = 0
-    precision: str | None = "32-true"  # overrides of params `trainer` (benchmarks/precision.py)
+    precision: str | None = "bf16-mixed"  # overrides of params `trainer` (benchmarks/precision.py)
     channels_last: bool | None = False
 
     def validate(self, key: str) -> None:
@@ -66,6 +76,12 @@ class GANConfig:
         _check(self.diversity_weight >= 0, f"{key}.diversity_weight", self.diversity_weight, "a number >= 0")
         _check(self.fold_weight >= 0, f"{key}.fold_weight", self.fold_weight, "a number >= 0")
         _check(0 <= self.fold_floor < 1, f"{key}.fold_floor", self.fold_floor, "a number in [0, 1)")
+        _check(self.reconstruction_weight >= 0, f"{key}.reconstruction_weight", self.reconstruction_weight,
+               "a number >= 0")
+        _check(self.reconstruction_samples >= 2, f"{key}.reconstruction_samples", self.reconstruction_samples,
+               "at least 2 (two noise draws per exemplar also feed the mode-seeking term)")
+        _check(all(s >= 1 for s in self.scales) and len(self.scales) > 0, f"{key}.scales", self.scales,
+               "a non-empty list of pooling factors >= 1")
         _check(self.diversity_cap > 0, f"{key}.diversity_cap", self.diversity_cap, "a number > 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{key}.betas", self.betas,
                "two Adam betas in [0, 1)")
@@ -161,6 +177,17 @@ def area_ratio(flow: torch.Tensor) -> torch.Tensor:
     return (1 + dx[..., 0]) * (1 + dy[..., 1]) - dx[..., 1] * dy[..., 0]
 
 
+def best_of_k(drawn: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """Per target, the smallest multiscale error among its K drawings: [B].
+
+    drawn: [K * B, 1, S, S], draw k of target i at row k * B + i; target: [B, 1, S, S]. Only the
+    best draw gets a gradient, so the others stay free to be other ways of drawing the character.
+    """
+    k = len(drawn) // len(target)
+    errors = multiscale_errors(drawn, target.repeat(k, 1, 1, 1), scales).view(k, len(target))
+    return errors.min(dim=0).values
+
+
 class PairCritic(nn.Module):
     """(exemplar, drawing) pair [B, 2, S, S] -> realness score [B]; spectrally normalised convolutions."""
 
@@ -202,16 +229,18 @@ class GANModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         pair_exemplar, real = batch
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
-        # Two noise vectors for each of half the exemplars: their two drawings must differ (mode seeking).
+        cfg = self.cfg
+        # K noise draws for each of half the exemplars (sample k of exemplar i at k * half + i). The
+        # first two must differ (mode seeking); the best of the K is pulled towards the real pair.
         # One generator pass per batch: the critic learns on its output detached, then the generator
         # learns through the updated critic.
-        half = len(pair_exemplar) // 2
-        exemplar = pair_exemplar[:half].repeat(2, 1, 1, 1)
-        z = torch.randn(2 * half, self.cfg.noise_dim, device=exemplar.device)
+        half, k = len(pair_exemplar) // 2, cfg.reconstruction_samples
+        exemplar = pair_exemplar[:half].repeat(k, 1, 1, 1)
+        z = torch.randn(k * half, cfg.noise_dim, device=exemplar.device)
         flow = self.model.flow(exemplar, z)
         fake = self.model.warp(exemplar, flow)
 
-        for _ in range(self.cfg.critic_steps):
+        for _ in range(cfg.critic_steps):
             d_real, d_fake = self.critic(pair_exemplar, real), self.critic(exemplar, fake.detach())
             loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
@@ -221,22 +250,29 @@ class GANModule(pl.LightningModule):
         loss_adv = -self.critic(exemplar, fake).mean()
         # Mode seeking on the *shape* of the two fields: their difference less its mean shift, since
         # moving the whole drawing is the cheapest way to differ and the classic transforms do it already.
-        d = flow[:half] - flow[half:]
-        spread = (d - d.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2, 3)) / (z[:half] - z[half:]).abs().mean(1)
-        loss_div = -spread.clamp(max=self.cfg.diversity_cap).mean()
-        loss_fold = F.relu(self.cfg.fold_floor - area_ratio(flow.float())).mean()
-        loss_g = loss_adv + self.cfg.diversity_weight * loss_div + self.cfg.fold_weight * loss_fold
+        d, dz = flow[:half] - flow[half:2 * half], z[:half] - z[half:2 * half]
+        spread = (d - d.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2, 3)) / dz.abs().mean(1)
+        loss_div = -spread.clamp(max=cfg.diversity_cap).mean()
+        loss_fold = F.relu(cfg.fold_floor - area_ratio(flow.float())).mean()
+        # Best of K: only the draw nearest the real drawing learns from it, so the noise keeps covering
+        # the other ways of drawing the character (Li & Malik 2018), relative to copying the exemplar.
+        target = real[:half].float()
+        copy = multiscale_errors(pair_exemplar[:half].float(), target, cfg.scales).mean().clamp_min(1e-6)
+        loss_rec = best_of_k(fake, target, cfg.scales).mean() / copy
+        loss_g = loss_adv + cfg.diversity_weight * loss_div + cfg.fold_weight * loss_fold
+        if cfg.reconstruction_weight > 0:
+            loss_g = loss_g + cfg.reconstruction_weight * loss_rec
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()
         for sched in self.lr_schedulers():  # type: ignore[union-attr]
             sched.step()
 
-        copy = (pair_exemplar - real).abs().mean()
         self.log_dict({"train/loss_critic": loss_d, "train/loss_generator": loss_adv, "train/spread": spread.mean(),
-                       "train/fold": loss_fold,
+                       "train/fold": loss_fold, "train/best_of_k_vs_copy": loss_rec,
                        "train/critic_gap": d_real.mean() - d_fake.mean(),
-                       "train/change_vs_pair_change": (fake - exemplar).abs().mean() / copy.clamp_min(1e-6)},
+                       "train/change_vs_pair_change": (fake[:half] - exemplar[:half]).abs().mean()
+                       / (pair_exemplar[:half] - real[:half]).abs().mean().clamp_min(1e-6)},
                       prog_bar=True)
 
     def configure_optimizers(self) -> Any:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import _check, positive
-from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid
+from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid, multiscale_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,19 +102,6 @@ class ExemplarVAE(nn.Module):
         z = torch.randn(b * n, self.latent_dim, generator=generator, device=exemplars.device) * temperature
         repeated = exemplars.repeat_interleave(n, dim=0)
         return self.decode(repeated, z).view(b, n, 1, self.image_size, self.image_size)
-
-
-def multiscale_error(output: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
-    """Squared error summed over pixels at several poolings, mean over the batch.
-
-    Coarse scales give a gradient even where strokes do not overlap yet; each scale is weighted
-    by its pooling area so that all count about equally.
-    """
-    total = output.new_zeros(())
-    for s in scales:
-        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
-        total = total + (a - b).pow(2).sum(dim=(1, 2, 3)).mean() * s * s
-    return total
 
 
 class VAEModule(pl.LightningModule):
