@@ -231,23 +231,25 @@ class GANModule(pl.LightningModule):
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
         cfg = self.cfg
         # K noise draws for each of half the exemplars (sample k of exemplar i at k * half + i). The
-        # first two must differ (mode seeking); the best of the K is pulled towards the real pair.
-        # One generator pass per batch: the critic learns on its output detached, then the generator
-        # learns through the updated critic.
+        # first two must differ (mode seeking) and are what the critic judges (the K draws are alike
+        # in distribution: two per exemplar suffice, and save the critic's time); the best of the K
+        # is pulled towards the real pair. One generator pass per batch: the critic learns on its
+        # output detached, then the generator learns through the updated critic.
         half, k = len(pair_exemplar) // 2, cfg.reconstruction_samples
         exemplar = pair_exemplar[:half].repeat(k, 1, 1, 1)
         z = torch.randn(k * half, cfg.noise_dim, device=exemplar.device)
         flow = self.model.flow(exemplar, z)
         fake = self.model.warp(exemplar, flow)
+        judged = 2 * half
 
         for _ in range(cfg.critic_steps):
-            d_real, d_fake = self.critic(pair_exemplar, real), self.critic(exemplar, fake.detach())
+            d_real, d_fake = self.critic(pair_exemplar, real), self.critic(exemplar[:judged], fake[:judged].detach())
             loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
             opt_d.step()
 
-        loss_adv = -self.critic(exemplar, fake).mean()
+        loss_adv = -self.critic(exemplar[:judged], fake[:judged]).mean()
         # Mode seeking on the *shape* of the two fields: their difference less its mean shift, since
         # moving the whole drawing is the cheapest way to differ and the classic transforms do it already.
         d, dz = flow[:half] - flow[half:2 * half], z[:half] - z[half:2 * half]
