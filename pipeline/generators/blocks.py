@@ -26,26 +26,26 @@ def conv_encoder(in_channels: int, out_channels: int, widths: tuple[int, ...], d
     )
 
 
+def _scale_terms(output: torch.Tensor, target: torch.Tensor,
+                 scales: tuple[int, ...]) -> Iterator[tuple[int, torch.Tensor]]:
+    """(pooling factor, squared error summed over that scale's pixels per drawing [B]) for each scale."""
+    for s in scales:
+        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
+        yield s, (a - b).pow(2).sum(dim=(1, 2, 3))
+
+
 def multiscale_errors(output: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
     """Squared error summed over pixels at several poolings, per drawing: [B].
 
     Coarse scales give a gradient even where strokes do not overlap yet; each scale is weighted
     by its pooling area so that all count about equally.
     """
-    total = output.new_zeros(len(output))
-    for s in scales:
-        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
-        total = total + (a - b).pow(2).sum(dim=(1, 2, 3)) * s * s
-    return total
+    return sum((term * s * s for s, term in _scale_terms(output, target, scales)), output.new_zeros(len(output)))
 
 
 def multiscale_error(output: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
     """`multiscale_errors`, mean over the batch (each scale's mean summed: the VAE's loss, kept bit for bit)."""
-    total = output.new_zeros(())
-    for s in scales:
-        a, b = (F.avg_pool2d(output, s), F.avg_pool2d(target, s)) if s > 1 else (output, target)
-        total = total + (a - b).pow(2).sum(dim=(1, 2, 3)).mean() * s * s
-    return total
+    return sum((term.mean() * s * s for s, term in _scale_terms(output, target, scales)), output.new_zeros(()))
 
 
 class FiLMResnet(nn.Module):
