@@ -1,0 +1,86 @@
+"""How far a generator variant's accuracy moves with the draw of its synthetic drawings.
+
+The pipeline scores each variant once, with one synthesis seed and one classifier seed; its paired
+CI covers the sampling of evaluation episodes only. This re-draws a generator's synthetic drawings
+with other synthesis seeds (every other param as in params.yaml: the same count per exemplar, the
+same temperature, the same classifier), trains the variant's classifier on each draw, and scores it
+on the headline episodes against the pipeline's `classic` classifier. Seed = `synthesis.seed`
+reproduces the pipeline's own figure. Prints each draw and the mean and spread of the differences.
+
+    python benchmarks/seeds.py --generator models/generators/gan/model.pt --seeds 0 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.config import TrainerConfig, load_params, section
+from pipeline.data import OmniglotSet, to_tensor
+from pipeline.episodes import mean_ci95
+from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
+from pipeline.generators import load_generator
+from pipeline.siamese import SiameseConfig, embed_all, load_siamese
+from pipeline.synthesis import SynthesisConfig, synthesize_from_exemplars
+from pipeline.synthetic import SyntheticSet
+from pipeline.training import configure_torch, fit_siamese
+from pipeline.variants import SweepConfig, VariantConfig, training_pools
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--generator", required=True, help="generator checkpoint model.pt")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="synthesis seeds to draw with")
+    ap.add_argument("--data", default="data/prepared/omniglot.npz")
+    ap.add_argument("--classic", default="models/classifiers/classic/model.pt", help="the reference classifier")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    synthesis = section(params, SynthesisConfig, "synthesis")
+    sweep = section(params, SweepConfig, "sweep")
+    cfg = section(params, SiameseConfig, "siamese")
+    augment = section(params, ClassicAugmentConfig, "augment")
+    evaluation = section(params, EvaluationConfig, "evaluation")
+    trainer_cfg = section(params, TrainerConfig, "trainer")
+    configure_torch(trainer_cfg)
+
+    dataset = OmniglotSet.load(args.data)
+    model, ckpt = load_generator(args.generator)
+    headline = evaluation.headline
+    episodes = {headline: build_episodes(dataset, evaluation)[headline]}
+    images = to_tensor(dataset.images)
+    classic, _ = load_siamese(args.classic)
+    reference = per_episode_accuracy(classic, embed_all(classic, images), episodes)[headline]
+    print(f"classic ({args.classic}): acc_{headline} {reference.mean():.4f}")
+
+    exemplars = dataset.images[dataset.exemplar_indices()]
+    # As synthesize draws: the largest count of the run per exemplar, of which the variant takes the first.
+    n = max(synthesis.n_per_exemplar, *sweep.counts)
+    variant = VariantConfig(real_per_class=1, classic=True, synthetic=ckpt["family"])
+    deltas = []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        drawn = synthesize_from_exemplars(model, exemplars, n, torch.Generator().manual_seed(seed),
+                                          synthesis.temperature)
+        synthetic = SyntheticSet(images=drawn.reshape(-1, *exemplars.shape[1:]),
+                                 labels=np.repeat(dataset.classes("train"), n), generator=ckpt["family"],
+                                 info={"seed": seed})
+        pools = training_pools(dataset, variant, synthetic, n_synthetic=synthesis.n_per_exemplar)
+        net = fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))
+        acc = per_episode_accuracy(net, embed_all(net, images), episodes)[headline]
+        delta, ci = mean_ci95(acc - reference)
+        deltas.append(delta)
+        print(f"synthesis.seed={seed}: acc_{headline} {acc.mean():.4f}, minus classic {delta:+.4f} +/- {ci:.4f} "
+              f"(paired CI over episodes) [{time.perf_counter() - start:.0f} s]")
+    d = np.array(deltas)
+    spread = f", sd over draws {d.std(ddof=1):.4f}, range [{d.min():+.4f}, {d.max():+.4f}]" if len(d) > 1 else ""
+    print(f"{ckpt['family']} minus classic over {len(d)} draws: mean {d.mean():+.4f}{spread}")
+
+
+if __name__ == "__main__":
+    main()
