@@ -113,13 +113,20 @@ def mean_pairwise_distance(embed: torch.Tensor) -> float:
     return float(d.sum() / (m * (m - 1)))
 
 
+def ink(images: np.ndarray) -> np.ndarray:
+    """Summed stroke intensity of each image [N, S, S] -> [N] (float64; 255 per full stroke pixel)."""
+    return images.reshape(len(images), -1).sum(axis=1, dtype=np.float64)
+
+
 def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, dataset_embeddings: torch.Tensor, ex_idx: np.ndarray,
                        images: np.ndarray, labels: np.ndarray, cfg: EvaluationConfig) -> dict[str, float]:
     """Identity and diversity of a generator's drawings of novel classes, in the reference embedding.
 
     consistency: how often a drawing's nearest of `consistency_way` exemplars is its own exemplar;
     the same for real held-out drawings of those classes is the yardstick. diversity: mean pairwise
-    distance of one class's synthetic drawings over that of its 20 real drawings.
+    distance of one class's synthetic drawings over that of its 20 real drawings. ink ratio: a
+    drawing's ink (summed stroke intensity) over its exemplar's, averaged; below 1, the drawings
+    are smaller or fainter than their exemplar (the real drawings' ratio is the yardstick).
     dataset_embeddings: [N, D] the reference's embeddings of every dataset image (already computed
     for its accuracy), so only the synthetic drawings are embedded here.
     """
@@ -140,10 +147,13 @@ def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, dataset_embeddings
         syn = syn_emb[torch.from_numpy(labels == c)]
         real = real_emb[torch.from_numpy(dataset.labels[real_idx] == c)]
         diversity.append(mean_pairwise_distance(syn) / mean_pairwise_distance(real))
+    ex_ink = ink(dataset.images[ex_idx])
     return {
         "synthetic_class_consistency": round(class_consistency(syn_emb, own_syn, ex_emb, way, rng), 5),
         "real_class_consistency": round(class_consistency(real_emb, own_real, ex_emb, way, rng), 5),
         "synthetic_diversity": round(float(np.nanmean(diversity)), 5),
+        "synthetic_ink_ratio": round(float(np.mean(ink(images) / ex_ink[own_syn])), 5),
+        "real_ink_ratio": round(float(np.mean(ink(dataset.images[real_idx]) / ex_ink[own_real])), 5),
     }
 
 

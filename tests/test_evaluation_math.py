@@ -150,6 +150,14 @@ def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[
     assert same["synthetic_class_consistency"] == 1.0
     assert same["synthetic_diversity"] == pytest.approx(0.0, abs=1e-3)
     assert 0.0 < same["real_class_consistency"] <= 1.0
+    assert same["synthetic_ink_ratio"] == 1.0
+    real_idx = np.flatnonzero(np.isin(dataset.labels, novel) & ~np.isin(np.arange(len(dataset.labels)), ex_idx))
+    exemplar_of = {int(c): i for c, i in zip(novel, ex_idx, strict=True)}
+    per_drawing = [dataset.images[i].sum(dtype=np.float64)
+                   / dataset.images[exemplar_of[int(dataset.labels[i])]].sum(dtype=np.float64) for i in real_idx]
+    assert same["real_ink_ratio"] == pytest.approx(np.mean(per_drawing), abs=1e-5)
+    fainter = synthetic_measures(ref, dataset, embeddings, ex_idx, copies // 2, labels, cfg)
+    assert fainter["synthetic_ink_ratio"] == pytest.approx(0.5, abs=0.01)
     shifted = np.repeat(dataset.images[np.roll(ex_idx, 1)], 3, axis=0)  # each labelled as the next class
     other = synthetic_measures(ref, dataset, embeddings, ex_idx, shifted, labels, cfg)
     assert other["synthetic_class_consistency"] < 0.2
