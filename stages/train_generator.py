@@ -44,7 +44,8 @@ def main() -> None:
     model = prepare_model(family.build(cfg, int(dataset.images.shape[-1])), trainer_cfg)
     module = family.module(model, cfg)
     loader = torch.utils.data.DataLoader(
-        SameClassPairs(dataset.images[source], dataset.labels[source], cfg.batch_size, cfg.seed),
+        SameClassPairs(dataset.images[source], dataset.labels[source], cfg.batch_size, cfg.seed,
+                       targets=getattr(cfg, "real_targets", 1)),
         batch_size=None, num_workers=1, persistent_workers=True,
     )
 

@@ -16,7 +16,15 @@ from pipeline.config import DataConfig, ParamsError, from_dict, load_params, sec
 from pipeline.data import OmniglotSet
 from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
 from pipeline.generators.blocks import SameClassPairs, multiscale_errors
-from pipeline.generators.gan import DAGANGenerator, GANConfig, GANModule, PairCritic, best_of_k, build
+from pipeline.generators.gan import (
+    DAGANGenerator,
+    GANConfig,
+    GANModule,
+    PairCritic,
+    best_of_k,
+    build,
+    draw_target_errors,
+)
 from tests.drawings import blobs
 
 SIZE, NOISE, WIDTHS, FLOW = 16, 4, (8, 16), 4
@@ -139,6 +147,23 @@ def test_critic_scores_each_pair() -> None:
     assert not torch.allclose(critic(x, x), score), "the score depends on the drawing, not the exemplar alone"
 
 
+def test_blurring_critic_judges_box_blurred_pairs() -> None:
+    """critic_blur=b scores a pair as the same critic without blur scores the pair box-blurred over b x b."""
+    torch.manual_seed(0)
+    blurred, plain = PairCritic(SIZE, width=8, blur=3), PairCritic(SIZE, width=8)
+    plain.load_state_dict(blurred.state_dict())
+    blurred.eval(), plain.eval()
+    exemplar, drawing = blobs(2, SIZE, seed=0), blobs(2, SIZE, seed=1)
+
+    def box(x: torch.Tensor) -> torch.Tensor:  # mean over each pixel's 3 x 3 neighbours inside the image
+        ones = torch.ones_like(x)
+        return F.conv2d(x, torch.ones(1, 1, 3, 3), padding=1) / F.conv2d(ones, torch.ones(1, 1, 3, 3), padding=1)
+
+    with torch.no_grad():
+        assert torch.allclose(blurred(exemplar, drawing), plain(box(exemplar), box(drawing)), atol=1e-5)
+        assert not torch.allclose(blurred(exemplar, drawing), plain(exemplar, drawing), atol=1e-3)
+
+
 def test_critic_layers_are_spectrally_normalised() -> None:
     """Every convolution and linear layer is parametrized; even raw weights 10x too large act with norm ~1."""
     torch.manual_seed(0)
@@ -215,6 +240,30 @@ def test_best_of_k_teaches_only_the_best_draw() -> None:
     assert float(far.grad.abs().sum()) == 0.0 and float(near.grad.abs().sum()) > 0
 
 
+def test_draw_target_errors_pair_every_draw_with_every_target() -> None:
+    """[K, M, B]: entry (k, m, i) is draw k of exemplar i against target m of exemplar i."""
+    k, m, b = 3, 2, 4
+    drawn, targets = blobs(k * b, SIZE, seed=0), torch.cat([blobs(b, SIZE, seed=1), blobs(b, SIZE, seed=2)], dim=1)
+    errors = draw_target_errors(drawn, targets, (1, 2))
+    assert errors.shape == (k, m, b)
+    for kk, mm, i in [(0, 0, 0), (2, 1, 3), (1, 0, 2)]:
+        expected = multiscale_errors(drawn[kk * b + i:kk * b + i + 1], targets[i:i + 1, mm:mm + 1], (1, 2))
+        assert torch.allclose(errors[kk, mm, i], expected[0])
+
+
+def test_best_of_k_over_several_targets() -> None:
+    """Each target's nearest draw, averaged over the targets: copies of one target pay for the other."""
+    t0, t1 = blobs(1, SIZE, seed=0), blobs(1, SIZE, seed=1)
+    targets = torch.cat([t0, t1], dim=1)  # one exemplar, M = 2 real drawings
+    blank = torch.zeros_like(t0)
+    e = lambda x, y: float(multiscale_errors(x, y, (1,))[0])  # noqa: E731
+    # Draws: t0 itself and a blank. t0 is matched exactly; t1's nearest draw is whichever is nearer.
+    assert float(best_of_k(torch.cat([t0, blank]), targets, (1,))[0]) == pytest.approx(
+        min(e(t0, t1), e(blank, t1)) / 2, rel=1e-5)
+    assert float(best_of_k(torch.cat([t0, t0]), targets, (1,))[0]) == pytest.approx(e(t0, t1) / 2, rel=1e-5)
+    assert float(best_of_k(torch.cat([t0, t1]), targets, (1,))[0]) == 0.0
+
+
 # ---------------------------------------------------------------------------- config
 
 
@@ -245,6 +294,9 @@ def test_config_from_params_turns_lists_into_tuples() -> None:
         ({"reconstruction_weight": -1}, "generator.gan.reconstruction_weight"),
         ({"reconstruction_samples": 1}, "generator.gan.reconstruction_samples"),
         ({"scales": []}, "generator.gan.scales"),
+        ({"critic_blur": 0}, "generator.gan.critic_blur"),
+        ({"real_targets": 0}, "generator.gan.real_targets"),
+        ({"critic_blur": 2}, "generator.gan.critic_blur"),
         ({"scales": [0, 2]}, "generator.gan.scales"),
     ],
 )

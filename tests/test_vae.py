@@ -301,3 +301,16 @@ def test_same_class_pairs_need_two_drawings_per_class() -> None:
     labels = np.array([0, 0, 1])
     with pytest.raises(ValueError, match="at least 2 drawings"):
         SameClassPairs(coded_images(labels), labels, batch_size=2, seed=0)
+
+
+def test_same_class_pairs_with_several_targets_by_different_drawers() -> None:
+    """targets=3: each exemplar comes with 3 other drawings of its class, all four distinct."""
+    labels = np.array([3, 7, 3, 9, 7, 3, 9, 7, 9, 3, 7, 9])  # four drawings of each class
+    dataset = SameClassPairs(coded_images(labels), labels, batch_size=6, seed=0, targets=3)
+    for exemplar, others in islice(iter(dataset), 10):
+        assert exemplar.shape == (6, 1, 4, 4) and others.shape == (6, 3, 4, 4)
+        drawn = np.stack([pair_indices(exemplar), *(pair_indices(others[:, j:j + 1]) for j in range(3))], axis=1)
+        assert (labels[drawn] == labels[drawn[:, :1]]).all()
+        assert all(len(set(row)) == 4 for row in drawn.tolist())
+    with pytest.raises(ValueError, match="at least 5 drawings"):
+        SameClassPairs(coded_images(labels), labels, batch_size=2, seed=0, targets=4)

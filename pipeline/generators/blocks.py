@@ -72,26 +72,29 @@ def identity_grid(batch: int, size: int, device: torch.device) -> torch.Tensor:
 
 
 class SameClassPairs(torch.utils.data.IterableDataset):
-    """Endless batches of (exemplar, target): two drawings of one class by different drawers.
+    """Endless batches of (exemplar, targets): drawings of one class by different drawers.
 
-    images: uint8 [N, S, S] (strokes 255); labels: [N]. Yields two float [B, 1, S, S] tensors.
+    images: uint8 [N, S, S] (strokes 255); labels: [N]. Yields float [B, 1, S, S] exemplars and
+    [B, targets, S, S] other drawings of each exemplar's class (one per channel).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, targets: int = 1):
         super().__init__()
         classes, inverse = np.unique(labels, return_inverse=True)
         self.by_class = [np.flatnonzero(inverse == k) for k in range(len(classes))]
-        if any(len(ix) < 2 for ix in self.by_class):
-            raise ValueError("every source class needs at least 2 drawings to form same-class pairs")
+        if any(len(ix) < 1 + targets for ix in self.by_class):
+            raise ValueError(f"every source class needs at least {1 + targets} drawings to give an exemplar "
+                             f"{targets} other drawing(s) of its class")
         self.images = images
         self.batch_size = batch_size
         self.seed = seed
+        self.targets = targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
         while True:
             classes = rng.integers(len(self.by_class), size=self.batch_size)
-            pairs = np.array([rng.choice(self.by_class[c], size=2, replace=False) for c in classes])
-            x = torch.from_numpy(self.images[pairs]).float().div_(255.0)  # [B, 2, S, S]
+            drawn = np.array([rng.choice(self.by_class[c], size=1 + self.targets, replace=False) for c in classes])
+            x = torch.from_numpy(self.images[drawn]).float().div_(255.0)  # [B, 1 + targets, S, S]
             yield x[:, :1], x[:, 1:]

@@ -15,9 +15,15 @@ critic sees exact copies as fake (real pairs are never identical), and a mode-se
 (Mao et al. 2019) rewards two noise vectors for giving two different drawings.
 
 The critic alone teaches plausible drawings, not the *range* of ways people draw a character:
-each batch also draws every exemplar K times, and the draw nearest to the real second drawing
-is pulled towards it (best of K, implicit maximum likelihood: Li & Malik 2018). The other draws
-get no such pull, so the noise comes to cover the drawers' variation instead of averaging it.
+each batch also draws every exemplar K times beside M real drawings of its class by other
+drawers, and each real drawing pulls the draw nearest to it (best of K, implicit maximum
+likelihood: Li & Malik 2018). The other draws get no pull from it, so the noise comes to cover
+the drawers' variation instead of averaging it.
+
+The critic sees both drawings of a pair box-blurred (`critic_blur`): a warp resamples the
+exemplar and so softens its strokes, a tell that a critic of sharp pairs learns at once; chasing
+it, the generator shrank the characters (a fifth less ink than their exemplars). Blurred, the
+critic judges shapes, and the drawings keep their size.
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ class GANConfig:
     # one nearest to a real other drawing of its class is pulled towards it; 0 = adversarial only.
     reconstruction_weight: float = 5.0
     reconstruction_samples: int = 4  # K noise draws per exemplar (>= 2: two of them also feed mode seeking)
+    real_targets: int = 4  # M other real drawings of the exemplar's class per exemplar
     scales: tuple[int, ...] = (1, 2, 4)  # pooling factors of the reconstruction error (as the VAE's)
+    critic_blur: int = 5  # the critic sees both drawings box-blurred over this many pixels (1 = as they are)
     critic_steps: int = 1  # critic updates per generator update
     batch_size: int = 64
     lr_generator: float = 2e-4
@@ -80,6 +88,9 @@ class GANConfig:
                "a number >= 0")
         _check(self.reconstruction_samples >= 2, f"{key}.reconstruction_samples", self.reconstruction_samples,
                "at least 2 (two noise draws per exemplar also feed the mode-seeking term)")
+        _check(self.critic_blur >= 1 and self.critic_blur % 2 == 1, f"{key}.critic_blur", self.critic_blur,
+               "an odd box size >= 1 (1 = no blur)")
+        _check(self.real_targets >= 1, f"{key}.real_targets", self.real_targets, "a count >= 1")
         _check(all(s >= 1 for s in self.scales) and len(self.scales) > 0, f"{key}.scales", self.scales,
                "a non-empty list of pooling factors >= 1")
         _check(self.diversity_cap > 0, f"{key}.diversity_cap", self.diversity_cap, "a number > 0")
@@ -177,23 +188,33 @@ def area_ratio(flow: torch.Tensor) -> torch.Tensor:
     return (1 + dx[..., 0]) * (1 + dy[..., 1]) - dx[..., 1] * dy[..., 0]
 
 
-def best_of_k(drawn: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
-    """Per target, the smallest multiscale error among its K drawings: [B].
+def draw_target_errors(drawn: torch.Tensor, targets: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """Multiscale error of every draw against every target of its exemplar: [K, M, B].
 
-    drawn: [K * B, 1, S, S], draw k of target i at row k * B + i; target: [B, 1, S, S]. Only the
-    best draw gets a gradient, so the others stay free to be other ways of drawing the character.
+    drawn: [K * B, 1, S, S], draw k of exemplar i at row k * B + i; targets: [B, M, S, S], M real
+    drawings of exemplar i's class.
     """
-    k = len(drawn) // len(target)
-    errors = multiscale_errors(drawn, target.repeat(k, 1, 1, 1), scales).view(k, len(target))
-    return errors.min(dim=0).values
+    k, m = len(drawn) // len(targets), targets.shape[1]
+    return torch.stack([multiscale_errors(drawn, targets[:, j:j + 1].repeat(k, 1, 1, 1), scales).view(k, -1)
+                        for j in range(m)], dim=1)
+
+
+def best_of_k(drawn: torch.Tensor, targets: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """Per exemplar, each target's smallest error among its K draws, averaged over the targets: [B].
+
+    drawn: [K * B, 1, S, S] (draw k of exemplar i at row k * B + i); targets: [B, M, S, S]. Only a
+    target's nearest draw gets a gradient, so the others stay free to be other ways of drawing it.
+    """
+    return draw_target_errors(drawn, targets, scales).min(dim=0).values.mean(dim=0)
 
 
 class PairCritic(nn.Module):
     """(exemplar, drawing) pair [B, 2, S, S] -> realness score [B]; spectrally normalised convolutions."""
 
-    def __init__(self, image_size: int = 28, width: int = 32):
+    def __init__(self, image_size: int = 28, width: int = 32, blur: int = 1):
         super().__init__()
         w = width
+        self.blur = blur
         self.net = nn.Sequential(
             spectral_norm(nn.Conv2d(2, w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/2
             spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/4
@@ -202,7 +223,10 @@ class PairCritic(nn.Module):
         self.head = spectral_norm(nn.Linear(4 * w, 1))
 
     def forward(self, exemplar: torch.Tensor, drawing: torch.Tensor) -> torch.Tensor:
-        h = self.net(torch.cat([exemplar, drawing], dim=1) * 2 - 1)
+        pair = torch.cat([exemplar, drawing], dim=1)
+        if self.blur > 1:  # judge shapes, not how the strokes were rendered (a warp resamples, and blurs)
+            pair = F.avg_pool2d(pair, self.blur, stride=1, padding=self.blur // 2, count_include_pad=False)
+        h = self.net(pair * 2 - 1)
         return self.head(h.sum(dim=(2, 3))).squeeze(1)  # global sum pooling, as in SN-GAN
 
 
@@ -217,7 +241,7 @@ class GANModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        self.critic = PairCritic(model.image_size, cfg.critic_width)
+        self.critic = PairCritic(model.image_size, cfg.critic_width, cfg.critic_blur)
         self.cfg = cfg
         self.save_hyperparameters({"gan": dataclasses.asdict(cfg), "model": model.config})
 
@@ -227,13 +251,14 @@ class GANModule(pl.LightningModule):
         return self.cfg.critic_steps + 1
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        pair_exemplar, real = batch
+        pair_exemplar, others = batch
+        real = others[:, :1]  # the critic's real pair; all M others are the reconstruction's targets
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
         cfg = self.cfg
         # K noise draws for each of half the exemplars (sample k of exemplar i at k * half + i). The
         # first two must differ (mode seeking) and are what the critic judges (the K draws are alike
-        # in distribution: two per exemplar suffice, and save the critic's time); the best of the K
-        # is pulled towards the real pair. One generator pass per batch: the critic learns on its
+        # in distribution: two per exemplar suffice, and save the critic's time); each real drawing
+        # pulls its nearest of the K. One generator pass per batch: the critic learns on its
         # output detached, then the generator learns through the updated critic.
         half, k = len(pair_exemplar) // 2, cfg.reconstruction_samples
         exemplar = pair_exemplar[:half].repeat(k, 1, 1, 1)
@@ -256,11 +281,11 @@ class GANModule(pl.LightningModule):
         spread = (d - d.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2, 3)) / dz.abs().mean(1)
         loss_div = -spread.clamp(max=cfg.diversity_cap).mean()
         loss_fold = F.relu(cfg.fold_floor - area_ratio(flow.float())).mean()
-        # Best of K: only the draw nearest the real drawing learns from it, so the noise keeps covering
+        # Best of K: only the draw nearest a real drawing learns from it, so the noise keeps covering
         # the other ways of drawing the character (Li & Malik 2018), relative to copying the exemplar.
-        target = real[:half].float()
-        copy = multiscale_errors(pair_exemplar[:half].float(), target, cfg.scales).mean().clamp_min(1e-6)
-        loss_rec = best_of_k(fake, target, cfg.scales).mean() / copy
+        targets = others[:half].float()
+        copy = best_of_k(pair_exemplar[:half].float(), targets, cfg.scales).mean().clamp_min(1e-6)
+        loss_rec = best_of_k(fake, targets, cfg.scales).mean() / copy
         loss_g = loss_adv + cfg.diversity_weight * loss_div + cfg.fold_weight * loss_fold
         if cfg.reconstruction_weight > 0:
             loss_g = loss_g + cfg.reconstruction_weight * loss_rec
