@@ -22,7 +22,7 @@ the drawers' variation instead of averaging it.
 
 The critic sees both drawings of a pair box-blurred (`critic_blur`): a warp resamples the
 exemplar and so softens its strokes, a tell that a critic of sharp pairs learns at once; chasing
-it, the generator shrank the characters (a fifth less ink than their exemplars). Blurred, the
+it, the generator shrank the characters (a quarter less ink than their exemplars). Blurred, the
 critic judges shapes, and the drawings keep their size.
 """
 
