@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.augment import ClassicAugmentConfig
 from pipeline.config import TrainerConfig, load_params, section
 from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import mean_ci95
@@ -27,8 +27,8 @@ from pipeline.generators import load_generator
 from pipeline.siamese import SiameseConfig, embed_all, load_siamese
 from pipeline.synthesis import SynthesisConfig, synthesize_from_exemplars
 from pipeline.synthetic import SyntheticSet
-from pipeline.training import configure_torch, fit_siamese
-from pipeline.variants import SweepConfig, VariantConfig, training_pools
+from pipeline.training import configure_torch
+from pipeline.variants import SweepConfig, fit_generator_variant
 
 
 def main() -> None:
@@ -60,8 +60,7 @@ def main() -> None:
 
     exemplars = dataset.images[dataset.exemplar_indices()]
     # As synthesize draws: the largest count of the run per exemplar, of which the variant takes the first.
-    n = max(synthesis.n_per_exemplar, *sweep.counts)
-    variant = VariantConfig(real_per_class=1, classic=True, synthetic=ckpt["family"])
+    n = sweep.drawn_per_exemplar(synthesis.n_per_exemplar)
     deltas = []
     for seed in args.seeds:
         start = time.perf_counter()
@@ -70,8 +69,7 @@ def main() -> None:
         synthetic = SyntheticSet(images=drawn.reshape(-1, *exemplars.shape[1:]),
                                  labels=np.repeat(dataset.classes("train"), n), generator=ckpt["family"],
                                  info={"seed": seed})
-        pools = training_pools(dataset, variant, synthetic, n_synthetic=synthesis.n_per_exemplar)
-        net = fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))
+        net = fit_generator_variant(dataset, synthetic, synthesis.n_per_exemplar, cfg, trainer_cfg, augment)
         acc = per_episode_accuracy(net, embed_all(net, images), episodes)[headline]
         delta, ci = mean_ci95(acc - reference)
         deltas.append(delta)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
-from pipeline.config import _check
+from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.config import TrainerConfig, _check
 from pipeline.data import DRAWERS, OmniglotSet
 from pipeline.synthetic import SyntheticSet
+from pipeline.training import fit_siamese
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,10 @@ class SweepConfig:
                and list(self.counts) == sorted(set(self.counts)), f"{key}.counts", self.counts,
                "a non-empty increasing list of counts >= 0")
 
+    def drawn_per_exemplar(self, n_per_exemplar: int) -> int:
+        """Synthetic drawings made per training exemplar: enough for the variants and every sweep point."""
+        return max(n_per_exemplar, *self.counts)
+
 
 def training_pools(dataset: OmniglotSet, variant: VariantConfig, synthetic: SyntheticSet,
                    n_synthetic: int | None = None) -> list[np.ndarray]:
@@ -48,3 +55,13 @@ def training_pools(dataset: OmniglotSet, variant: VariantConfig, synthetic: Synt
         real = np.concatenate([[ex], others[: variant.real_per_class - 1]])
         pools.append(np.concatenate([dataset.images[real], synthetic.for_class(int(c), n_synthetic)]))
     return pools
+
+
+def fit_generator_variant(dataset: OmniglotSet, synthetic: SyntheticSet, n_synthetic: int, cfg: Any,
+                          trainer_cfg: TrainerConfig, augment: ClassicAugmentConfig) -> Any:
+    """A generator variant's classifier without logging: each exemplar plus its first `n_synthetic`
+    synthetic drawings, classic transforms on top, every other setting as the variants' (`cfg`:
+    `SiameseConfig`). What the sweep and benchmarks/seeds.py train for each of their points."""
+    variant = VariantConfig(real_per_class=1, classic=True, synthetic=synthetic.generator)
+    pools = training_pools(dataset, variant, synthetic, n_synthetic=n_synthetic)
+    return fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))

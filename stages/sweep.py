@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.augment import ClassicAugmentConfig
 from pipeline.config import TrainerConfig, load_params, section
 from pipeline.data import OmniglotSet, to_tensor
 from pipeline.episodes import mean_ci95
@@ -23,8 +23,8 @@ from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_ac
 from pipeline.io import atomic_path
 from pipeline.siamese import SiameseConfig, SiameseNet, embed_all, load_siamese
 from pipeline.synthetic import SyntheticSet
-from pipeline.training import configure_torch, fit_siamese
-from pipeline.variants import SweepConfig, VariantConfig, training_pools
+from pipeline.training import configure_torch
+from pipeline.variants import SweepConfig, fit_generator_variant
 
 
 def reusable(ckpt: dict, generator: str, cfg: SiameseConfig, augment: ClassicAugmentConfig) -> int | None:
@@ -70,13 +70,11 @@ def main() -> None:
         if count in sweep.counts:
             nets[count] = net
             print(f"n_synthetic={count}: scored from {folder}")
-    variant = VariantConfig(real_per_class=1, classic=True, synthetic=args.generator)
     accuracy = {}
     for count in sweep.counts:
         if count not in nets:
             print(f"n_synthetic={count}: training")
-            pools = training_pools(dataset, variant, synthetic, n_synthetic=count)
-            nets[count] = fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))
+            nets[count] = fit_generator_variant(dataset, synthetic, count, cfg, trainer_cfg, augment)
         accuracy[count] = per_episode_accuracy(nets[count], embed_all(nets[count], images), episodes)[headline]
 
     zero = accuracy[sweep.counts[0]]

@@ -40,7 +40,7 @@ def main() -> None:
 
     train_classes = dataset.classes("train")
     exemplars = dataset.images[dataset.exemplar_indices()]
-    n = max(cfg.n_per_exemplar, *sweep.counts)
+    n = sweep.drawn_per_exemplar(cfg.n_per_exemplar)
     drawn = synthesize_from_exemplars(model, exemplars, n, generator, cfg.temperature)
 
     novel_idx = novel_exemplars(dataset, cfg.n_novel_classes, cfg.seed)
