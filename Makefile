@@ -7,12 +7,14 @@ export PATH := $(BIN):$(PATH)
 ifneq ($(OMNIGLOT_DIR),)
 export OMNIGLOT_DIR := $(abspath $(OMNIGLOT_DIR))
 endif
-SMOKE_DIR ?= build/smoke
-# Each run that has results, as `metrics-file:profile`: the default profile's here, the quick profile's in $(SMOKE_DIR).
+# The quick profiles that `make smoke` runs, each in build/<profile>.
+QUICK ?= smoke kanji-smoke
+# Each run that has results, as `metrics-file:profile`: the default profile's here, each other profile's in its folder.
 GATED = $(if $(wildcard reports/metrics.json),reports/metrics.json:) \
-        $(if $(wildcard $(SMOKE_DIR)/reports/metrics.json),$(SMOKE_DIR)/reports/metrics.json:smoke)
+        $(foreach p,$(QUICK) kanji,$(if $(wildcard build/$(p)/reports/metrics.json),build/$(p)/reports/metrics.json:$(p)))
+TRACKING = MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath .)/mlflow.db}
 
-.PHONY: setup repro smoke gate reference test lint ui clean
+.PHONY: setup repro smoke kanji gate reference test lint ui clean
 
 setup: $(VENV)/.installed
 
@@ -27,10 +29,16 @@ repro: setup          ## the full pipeline, default profile
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-smoke: setup          ## the whole pipeline on the quick profile, in $(SMOKE_DIR)
-	$(BIN)/python -m pipeline.profile smoke $(SMOKE_DIR)
-	cd $(SMOKE_DIR) && MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath .)/mlflow.db} $(BIN)/dvc repro
-	cd $(SMOKE_DIR) && $(BIN)/dvc metrics show
+smoke: setup          ## the whole pipeline on each quick profile ($(QUICK)), each in build/<profile>
+	@set -e; for p in $(QUICK); do dir=build/$$p; \
+	    $(BIN)/python -m pipeline.profile $$p $$dir; \
+	    (cd $$dir && $(TRACKING) $(BIN)/dvc repro && $(BIN)/dvc metrics show); \
+	done
+
+kanji: setup          ## the whole pipeline on the kanji profile (printed kanji, the class-folder loader), in build/kanji
+	$(BIN)/python -m pipeline.profile kanji build/kanji
+	cd build/kanji && $(TRACKING) $(BIN)/dvc repro
+	cd build/kanji && $(BIN)/dvc metrics show
 
 gate: setup           ## each run's metrics against its profile's floors and committed reference; writes reports/report.md
 	@status=0; for run in $(GATED); do \

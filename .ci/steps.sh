@@ -3,7 +3,7 @@
 #   setup    virtualenv + install ($VENV, default .venv)
 #   data     the Omniglot zips: $OMNIGLOT_DIR if set, else downloaded once into data/raw/omniglot (MD5-checked)
 #   test     ruff, mypy, pytest (with `dvc repro` of the quick profile in a temporary repo)
-#   smoke    the whole pipeline on the quick profile, in build/smoke
+#   smoke    the whole pipeline on each quick profile (Omniglot, kanji), in build/<profile>
 #   repro    the whole pipeline on the default profile, here (nightly or by hand: ~25 min on 2 cores)
 #   gate     each run's metrics against its profile's floors and committed reference; writes reports/report.md
 #   summary  the reports as Markdown (a job summary): pictures are in the uploaded reports, not inline
@@ -21,8 +21,9 @@ for step in "$@"; do
             if [ ! -f "$OMNIGLOT_DIR/images_background.zip" ] || [ ! -f "$OMNIGLOT_DIR/images_evaluation.zip" ]; then
                 "$VENV/bin/python" - <<'PY'
 import dataclasses, os
-from pipeline.config import DataConfig, load_params, section
-from pipeline.data import locate_zips
+from pipeline.config import load_params, section
+from pipeline.data.omniglot import locate_zips
+from pipeline.data.prepare import DataConfig
 cfg = section(load_params(), DataConfig, "data")
 print(locate_zips(dataclasses.replace(cfg, local_dir=os.environ["OMNIGLOT_DIR"]), env={}))
 PY
@@ -32,7 +33,7 @@ PY
         repro) make repro ;;
         gate) make gate ;;
         summary)
-            for report in build/smoke/reports/report.md reports/report.md; do
+            for report in build/*/reports/report.md reports/report.md; do
                 if [ -f "$report" ]; then sed '/^## Pictures/,$d' "$report"; echo; fi
             done
             echo "Pictures: this run's \`reports-*\` artifact." ;;

@@ -4,7 +4,7 @@ through the `oneshot-gda predict` command as a subprocess (adds interpreter star
 Prints seconds per step and queries per second. The drawings are real Omniglot evaluation drawings
 (OMNIGLOT_DIR), written out as PNG files; the model is a trained one if given, else a fresh network.
 
-    python benchmarks/predict.py [--model models/classifiers/vae/model.pt] [--repeats 3] [--cli]
+    python benchmarks/predict.py [--model models/classifiers/vae] [--repeats 3] [--cli]
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from pipeline import inference
-from pipeline.config import DataConfig
-from pipeline.data import list_zip, locate_zips
-from pipeline.siamese import SiameseNet, save_siamese
+from pipeline.checkpoints import FILENAME
+from pipeline.classifiers.network import SiameseNet, save_siamese
+from pipeline.data.omniglot import list_zip, locate_zips
+from pipeline.data.prepare import DataConfig
 
 
 def write_drawings(folder: Path, n_classes: int, n_queries: int) -> tuple[Path, Path]:
@@ -57,8 +58,8 @@ def predict_once(model_path: Path, support: Path, queries: Path) -> dict[str, fl
 
     model = inference.load_model(model_path)
     lap("load model")
-    support_set = inference.read_support(support, model.image_size)
-    query_images = inference.read_images(inference.list_queries([queries]), model.image_size)
+    support_set = inference.read_support(support, model.spec)
+    query_images = inference.read_images(inference.list_queries([queries]), model.spec)
     lap("read + preprocess images")
     bank = inference.enroll(model, support_set)
     lap("embed support")
@@ -70,7 +71,8 @@ def predict_once(model_path: Path, support: Path, queries: Path) -> dict[str, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="a trained model.pt (default: a fresh network of the default size)")
+    ap.add_argument("--model", type=Path, help="a trained classifier: its folder or model.safetensors "
+                    "(default: a fresh network of the default size)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
@@ -85,8 +87,8 @@ def main() -> None:
         model_path = args.model
         if model_path is None:
             torch.manual_seed(0)
-            model_path = folder / "model.pt"
-            save_siamese(SiameseNet(28), str(model_path))
+            model_path = folder / FILENAME
+            save_siamese(SiameseNet(28), model_path)
         support, queries = write_drawings(folder, args.classes, args.queries)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
               f"model {args.model or 'fresh SiameseNet(28)'}; {args.classes} classes, {args.queries} queries")

@@ -7,7 +7,7 @@ same temperature, the same classifier), trains the variant's classifier on each 
 on the headline episodes against the pipeline's `classic` classifier. Seed = `synthesis.seed`
 reproduces the pipeline's own figure. Prints each draw and the mean and spread of the differences.
 
-    python benchmarks/seeds.py --generator models/generators/gan/model.pt --seeds 0 1 2 3
+    python benchmarks/seeds.py --generator models/generators/gan --seeds 0 1 2 3
 """
 
 from __future__ import annotations
@@ -18,26 +18,29 @@ import time
 import numpy as np
 import torch
 
-from pipeline.augment import ClassicAugmentConfig
+from pipeline.classifiers.fewshot import embed_all
+from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.network import load_siamese
 from pipeline.config import TrainerConfig, load_params, section
-from pipeline.data import OmniglotSet, to_tensor
-from pipeline.episodes import mean_ci95
+from pipeline.data.augment import ClassicAugmentConfig
+from pipeline.data.episodes import mean_ci95
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
+from pipeline.data.synthetic import SyntheticSet
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.generators import load_generator
-from pipeline.siamese import SiameseConfig, embed_all, load_siamese
-from pipeline.synthesis import SynthesisConfig, synthesize_from_exemplars
-from pipeline.synthetic import SyntheticSet
+from pipeline.generators.synthesis import SweepConfig, SynthesisConfig, synthesize_from_exemplars
 from pipeline.training import configure_torch
-from pipeline.variants import SweepConfig, fit_generator_variant
+from pipeline.variants import fit_generator_variant
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--generator", required=True, help="generator checkpoint model.pt")
+    ap.add_argument("--generator", required=True, help="generator checkpoint (its folder or model.safetensors)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="synthesis seeds to draw with")
-    ap.add_argument("--data", default="data/prepared/omniglot.npz")
-    ap.add_argument("--classic", default="models/classifiers/classic/model.pt", help="the reference classifier")
+    ap.add_argument("--data", default="data/prepared/dataset.npz")
+    ap.add_argument("--classic", default="models/classifiers/classic", help="the reference classifier (its folder)")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -49,8 +52,8 @@ def main() -> None:
     trainer_cfg = section(params, TrainerConfig, "trainer")
     configure_torch(trainer_cfg)
 
-    dataset = OmniglotSet.load(args.data)
-    model, ckpt = load_generator(args.generator)
+    dataset = FewShotSet.load(args.data)
+    model, extra = load_generator(args.generator)
     headline = evaluation.headline
     episodes = {headline: build_episodes(dataset, evaluation)[headline]}
     images = to_tensor(dataset.images)
@@ -67,7 +70,7 @@ def main() -> None:
         drawn = synthesize_from_exemplars(model, exemplars, n, torch.Generator().manual_seed(seed),
                                           synthesis.temperature)
         synthetic = SyntheticSet(images=drawn.reshape(-1, *exemplars.shape[1:]),
-                                 labels=np.repeat(dataset.classes("train"), n), generator=ckpt["family"],
+                                 labels=np.repeat(dataset.classes("train"), n), generator=extra["family"],
                                  info={"seed": seed})
         net = fit_generator_variant(dataset, synthetic, synthesis.n_per_exemplar, cfg, trainer_cfg, augment)
         acc = per_episode_accuracy(net, embed_all(net, images), episodes)[headline]
@@ -77,7 +80,7 @@ def main() -> None:
               f"(paired CI over episodes) [{time.perf_counter() - start:.0f} s]")
     d = np.array(deltas)
     spread = f", sd over draws {d.std(ddof=1):.4f}, range [{d.min():+.4f}, {d.max():+.4f}]" if len(d) > 1 else ""
-    print(f"{ckpt['family']} minus classic over {len(d)} draws: mean {d.mean():+.4f}{spread}")
+    print(f"{extra['family']} minus classic over {len(d)} draws: mean {d.mean():+.4f}{spread}")
 
 
 if __name__ == "__main__":

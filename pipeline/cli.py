@@ -1,8 +1,8 @@
 """`oneshot-gda`: use a trained Siamese network on new classes, one example each.
 
-    oneshot-gda predict --model models/classifiers/vae/model.pt --support support/ --query q1.png queries/
-    oneshot-gda enroll  --model models/classifiers/vae/model.pt --support support/ --out bank.npz
-    oneshot-gda predict --model models/classifiers/vae/model.pt --bank bank.npz --query queries/ --top-k 3
+    oneshot-gda predict --model models/classifiers/vae --support support/ --query q1.png queries/
+    oneshot-gda enroll  --model models/classifiers/vae --support support/ --out bank.npz
+    oneshot-gda predict --model models/classifiers/vae --bank bank.npz --query queries/ --top-k 3
     oneshot-gda verify  --model runs:/<run id>/model a.png b.png
 
 Bad input (a missing file, a non-image, an empty support folder, a file that is not a model or a
@@ -22,7 +22,8 @@ from pathlib import Path
 from pipeline import inference
 from pipeline.io import atomic_path
 
-MODEL_HELP = ("a trained classifier: models/classifiers/<variant>/model.pt of a pipeline run, or an MLflow model URI "
+MODEL_HELP = ("a trained classifier: models/classifiers/<variant> (its folder or model.safetensors) of a pipeline "
+              "run, or an MLflow model URI "
               "(runs:/<run id>/model, models:/<name>/<version>) in MLFLOW_TRACKING_URI or the project's mlflow.db")
 SUPPORT_HELP = "folder of class subfolders of example images, or folder of image files each named by its class"
 
@@ -50,9 +51,9 @@ def run_predict(args: argparse.Namespace) -> None:
         bank = inference.Bank.load(args.bank)
         bank.check_model(model, where=str(args.bank))
     else:
-        bank = inference.enroll(model, inference.read_support(args.support, model.image_size))
+        bank = inference.enroll(model, inference.read_support(args.support, model.spec))
     queries = inference.list_queries(args.query)
-    result = inference.predict(model, bank, inference.read_images(queries, model.image_size), args.top_k)
+    result = inference.predict(model, bank, inference.read_images(queries, model.spec), args.top_k)
     header = ["query", "prediction", "score"]
     for k in range(2, args.top_k + 1):
         header += [f"prediction_{k}", f"score_{k}"]
@@ -66,7 +67,7 @@ def run_enroll(args: argparse.Namespace) -> None:
     existing = inference.Bank.load(args.out) if args.out.exists() else None
     if existing is not None:
         existing.check_model(model, where=str(args.out))
-    support = inference.read_support(args.support, model.image_size)
+    support = inference.read_support(args.support, model.spec)
     bank = inference.enroll(model, support, existing)
     bank.save(args.out)
     before = 0 if existing is None else len(existing.class_names)
@@ -76,7 +77,7 @@ def run_enroll(args: argparse.Namespace) -> None:
 
 def run_verify(args: argparse.Namespace) -> None:
     model = inference.load_model(args.model)
-    a, b = inference.read_images([args.a, args.b], model.image_size)
+    a, b = inference.read_images([args.a, args.b], model.spec)
     verdict = inference.verify(model, a, b, args.threshold)
     print(to_csv(["a", "b", "same", "similarity", "threshold", "target"],
                  [[args.a, args.b, str(verdict.same).lower(), f"{verdict.similarity:.6f}", f"{verdict.threshold:.6f}",

@@ -114,30 +114,6 @@ def positive(key: str, **values: float | int | None) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class DownloadConfig:
-    base_url: str
-    md5: dict[str, str]
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    image_size: int = 28
-    n_source_alphabets: int = 20  # of the 30 background alphabets; the rest are the one-shot training alphabets
-    max_classes_per_alphabet: int | None = None  # quick profiles keep only the first K characters of each alphabet
-    split_seed: int = 0  # which background alphabets are source classes
-    exemplar_seed: int = 0  # which drawer is each training class's single exemplar
-    local_dir: str = "data/raw/omniglot"  # where the zips are looked for, or downloaded to, when OMNIGLOT_DIR is unset
-    download: DownloadConfig | None = None
-
-    def validate(self, key: str) -> None:
-        _check(self.image_size >= 8 and self.image_size % 4 == 0, f"{key}.image_size", self.image_size,
-               "a multiple of 4, at least 8 (the networks down-sample twice)")
-        _check(0 < self.n_source_alphabets < 30, f"{key}.n_source_alphabets", self.n_source_alphabets,
-               "1..29 (Omniglot has 30 background alphabets; the rest are the one-shot training alphabets)")
-        positive(key, max_classes_per_alphabet=self.max_classes_per_alphabet)
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     """Passed straight to `lightning.Trainer`, so the same stage runs on a GPU or many nodes."""
 

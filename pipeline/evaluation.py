@@ -1,4 +1,8 @@
-"""One-shot evaluation: the same seeded episodes for every variant, accuracies with 95% CIs, paired deltas."""
+"""One-shot evaluation: the same seeded episodes for every variant, accuracies with 95% CIs, paired deltas.
+
+Every episode is scored by a `SiameseClassifier` given the episode's support, the same few-shot
+classifier that `oneshot-gda predict` scores a user's images with.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,22 @@ import dataclasses
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from pipeline.classifiers.fewshot import embed_all, episode_scores
+from pipeline.classifiers.network import SiameseNet
 from pipeline.config import _check
-from pipeline.data import OmniglotSet, to_tensor
-from pipeline.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
-from pipeline.siamese import SiameseNet, embed_all, episode_scores
+from pipeline.data.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     ways: tuple[int, ...] = (20, 5)  # N of the N-way episodes over all novel classes; the first is the headline
-    within_alphabet_way: int = 20  # N of the within-alphabet episodes (Lake et al. 2015)
-    seen_way: int = 20  # N of the seen-class episodes (exemplar as support, a held-out drawing as query)
+    # N of the within-group episodes (Lake et al. 2015's within-alphabet protocol); null: none, e.g. for
+    # data without groups (the flat class-folder layout), where no group holds N classes.
+    within_group_way: int | None = 20
+    seen_way: int = 20  # N of the seen-class episodes (exemplar as support, a held-out image as query)
     n_episodes: int = 1000
     consistency_way: int = 20  # N-way alternatives when checking synthetic drawings' class identity
     baseline: str = "baseline"  # the variant every other one is compared with
@@ -29,8 +36,10 @@ class EvaluationConfig:
     def validate(self, key: str) -> None:
         _check(len(self.ways) > 0 and all(n >= 2 for n in self.ways), f"{key}.ways", self.ways,
                "a non-empty list of N >= 2")
-        for name in ("within_alphabet_way", "seen_way", "consistency_way"):
+        for name in ("seen_way", "consistency_way"):
             _check(getattr(self, name) >= 2, f"{key}.{name}", getattr(self, name), "N >= 2")
+        _check(self.within_group_way is None or self.within_group_way >= 2, f"{key}.within_group_way",
+               self.within_group_way, "N >= 2, or null for no within-group episodes")
         _check(self.n_episodes >= 2, f"{key}.n_episodes", self.n_episodes, "at least 2 (for a CI)")
 
     @property
@@ -38,22 +47,22 @@ class EvaluationConfig:
         return f"{self.ways[0]}way"
 
 
-def build_episodes(dataset: OmniglotSet, cfg: EvaluationConfig) -> dict[str, Episodes]:
+def build_episodes(dataset: FewShotSet, cfg: EvaluationConfig) -> dict[str, Episodes]:
     """Every evaluation protocol's episodes, drawn once from labels with the params seed."""
     rng = np.random.default_rng(cfg.seed)
     novel = dataset.classes("novel")
     episodes = {
-        f"{n}way": sample_episodes(dataset.labels, dataset.drawers, novel, n, cfg.n_episodes, rng,
+        f"{n}way": sample_episodes(dataset.labels, novel, n, cfg.n_episodes, rng,
                                    name=f"evaluation.ways: {n}-way novel-class episodes")
         for n in cfg.ways
     }
-    alphabets = np.unique(dataset.class_alphabet, return_inverse=True)[1]
-    episodes[f"{cfg.within_alphabet_way}way_within"] = sample_episodes(
-        dataset.labels, dataset.drawers, novel, cfg.within_alphabet_way, cfg.n_episodes, rng, groups=alphabets,
-        name=f"evaluation.within_alphabet_way: {cfg.within_alphabet_way}-way within-alphabet episodes")
+    if cfg.within_group_way is not None:
+        episodes[f"{cfg.within_group_way}way_within"] = sample_episodes(
+            dataset.labels, novel, cfg.within_group_way, cfg.n_episodes, rng, groups=dataset.group_ids(),
+            name=f"evaluation.within_group_way: {cfg.within_group_way}-way within-group episodes (null: none)")
     episodes["seen"] = sample_episodes(
-        dataset.labels, dataset.drawers, dataset.classes("train"), cfg.seen_way, cfg.n_episodes, rng,
-        support_drawer=dataset.exemplar_drawer, name=f"evaluation.seen_way: {cfg.seen_way}-way seen-class episodes")
+        dataset.labels, dataset.classes("train"), cfg.seen_way, cfg.n_episodes, rng,
+        fixed_support=dataset.exemplar, name=f"evaluation.seen_way: {cfg.seen_way}-way seen-class episodes")
     return episodes
 
 
@@ -114,11 +123,11 @@ def mean_pairwise_distance(embed: torch.Tensor) -> float:
 
 
 def ink(images: np.ndarray) -> np.ndarray:
-    """Summed stroke intensity of each image [N, S, S] -> [N] (float64; 255 per full stroke pixel)."""
+    """Summed foreground intensity of each image [N, C, S, S] -> [N] (float64; 255 per full stroke pixel)."""
     return images.reshape(len(images), -1).sum(axis=1, dtype=np.float64)
 
 
-def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, dataset_embeddings: torch.Tensor, ex_idx: np.ndarray,
+def synthetic_measures(ref: SiameseNet, dataset: FewShotSet, dataset_embeddings: torch.Tensor, ex_idx: np.ndarray,
                        images: np.ndarray, labels: np.ndarray, cfg: EvaluationConfig) -> dict[str, float]:
     """Identity and diversity of a generator's drawings of novel classes, in the reference embedding.
 
@@ -157,47 +166,34 @@ def synthetic_measures(ref: SiameseNet, dataset: OmniglotSet, dataset_embeddings
     }
 
 
-def fixed_support_episodes(dataset: OmniglotSet, exemplar_idx: np.ndarray, n_way: int, n_episodes: int,
+def fixed_support_episodes(dataset: FewShotSet, exemplar_idx: np.ndarray, n_way: int, n_episodes: int,
                            seed: int) -> Episodes:
     """N-way episodes over the classes of `exemplar_idx` whose support is always that exemplar.
 
-    The query is another drawer's drawing, as in the headline protocol; only the support drawer
-    is fixed, so that an exemplar's synthetic drawings can join it as a prototype.
+    The query is another image of the class, as in the headline protocol; only the support is
+    fixed, so that an exemplar's synthetic drawings can join it as a prototype.
     """
-    support_drawer = np.full(len(dataset.class_role), -1, dtype=np.int64)
-    support_drawer[dataset.labels[exemplar_idx]] = dataset.drawers[exemplar_idx]
-    return sample_episodes(dataset.labels, dataset.drawers, dataset.labels[exemplar_idx], n_way, n_episodes,
-                           np.random.default_rng([seed, 1]), support_drawer=support_drawer,
+    fixed = np.full(len(dataset.class_role), -1, dtype=np.int64)
+    fixed[dataset.labels[exemplar_idx]] = exemplar_idx
+    return sample_episodes(dataset.labels, dataset.labels[exemplar_idx], n_way, n_episodes,
+                           np.random.default_rng([seed, 1]), fixed_support=fixed,
                            name=f"{n_way}-way episodes with a fixed novel-class exemplar as support")
 
 
-def prototype_embeddings(net: SiameseNet, embeddings: torch.Tensor, exemplar_idx: np.ndarray,
-                         synthetic: torch.Tensor, synthetic_owner: np.ndarray) -> torch.Tensor:
-    """`embeddings` [N, D] with each exemplar's row replaced by the mean of it and its synthetic drawings.
-
-    synthetic: [M, D] embeddings of synthetic drawings; synthetic_owner: [M] row in exemplar_idx of
-    each one's exemplar. Unit-length again for the cosine-similarity nets, as SiameseClassifier does.
-    """
-    out = embeddings.clone()
-    for k, i in enumerate(exemplar_idx):
-        members = torch.cat([embeddings[int(i)][None], synthetic[torch.from_numpy(synthetic_owner == k)]])
-        out[int(i)] = members.mean(0)
-    if net.head is None:
-        out[torch.from_numpy(exemplar_idx)] = F.normalize(out[torch.from_numpy(exemplar_idx)], dim=-1)
-    return out
-
-
-def synthetic_support(net: SiameseNet, dataset: OmniglotSet, embeddings: torch.Tensor, episodes: Episodes,
+def synthetic_support(net: SiameseNet, dataset: FewShotSet, embeddings: torch.Tensor, episodes: Episodes,
                       exemplar_idx: np.ndarray, images: np.ndarray, labels: np.ndarray, key: str) -> dict[str, float]:
     """Accuracy on fixed-exemplar episodes with the exemplar alone vs exemplar + synthetic prototypes, paired.
 
-    images, labels: the generator's synthetic drawings of the novel exemplars (uint8 [M, S, S], class [M]).
+    images, labels: the generator's synthetic drawings of the novel exemplars (uint8 [M, C, S, S], class [M]).
+    The prototype is the classifier's own: the mean embedding of the exemplar and its drawings.
     """
-    row_of_class = {int(c): k for k, c in enumerate(dataset.labels[exemplar_idx])}
-    owner = np.array([row_of_class[int(c)] for c in labels])
-    protos = prototype_embeddings(net, embeddings, exemplar_idx, embed_all(net, to_tensor(images)), owner)
+    if len(images) == 0:
+        return {}
+    exemplar_of_class = {int(c): int(i) for c, i in zip(dataset.labels[exemplar_idx], exemplar_idx, strict=True)}
+    owner = np.array([exemplar_of_class[int(c)] for c in labels], dtype=np.int64)
+    extra = (embed_all(net, to_tensor(images)), owner)
     alone = episode_accuracy(episode_scores(net, embeddings, episodes))
-    joined = episode_accuracy(episode_scores(net, protos, episodes))
+    joined = episode_accuracy(episode_scores(net, embeddings, episodes, extra_support=extra))
     m: dict[str, float] = {}
     m[f"acc_{key}_exemplar"], m[f"acc_{key}_exemplar_ci95"] = mean_ci95(alone)
     m[f"acc_{key}_prototype"], m[f"acc_{key}_prototype_ci95"] = mean_ci95(joined)

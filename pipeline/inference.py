@@ -1,11 +1,12 @@
 """Use a trained Siamese network after training: enroll classes from a few examples, predict, verify.
 
-    model = load_model("models/classifiers/vae/model.pt")     # or "runs:/<run id>/model", "models:/name/1"
-    bank = enroll(model, read_support("support/", model.image_size))
-    result = predict(model, bank, read_images(list_queries(["queries/"]), model.image_size), top_k=3)
-    verdict = verify(model, *read_images(["a.png", "b.png"], model.image_size))
+    model = load_model("models/classifiers/vae")     # or "runs:/<run id>/model", "models:/name/1"
+    bank = enroll(model, read_support("support/", model.spec))
+    result = predict(model, bank, read_images(list_queries(["queries/"]), model.spec), top_k=3)
+    verdict = verify(model, *read_images(["a.png", "b.png"], model.spec))
 
-Every image goes through `data.load_image_file`, the preprocessing the training drawings had.
+Every image goes through `data.images.load_image_file` with the model's `ImageSpec` (size, channels,
+inversion): the preprocessing its training images had.
 Prediction scores queries exactly as `SiameseClassifier` does (the evaluation's scoring): a
 class's score is the similarity to the mean of its examples' embeddings.
 """
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 
 from pipeline import tracking
-from pipeline.data import load_image_file, to_tensor
+from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
+from pipeline.classifiers.network import SiameseNet, load_siamese
+from pipeline.classifiers.verification import Calibration
+from pipeline.data.images import ImageSpec, load_image_file, to_tensor
 from pipeline.io import atomic_path
-from pipeline.siamese import SiameseClassifier, SiameseNet, embed_all, load_siamese
-from pipeline.verification import Calibration
 
 BANK_KIND = "oneshot-gda support bank"
 SUPPORT_LAYOUTS = "a folder of class subfolders holding example images, or a folder of image files named by class"
@@ -41,10 +43,7 @@ class TrainedModel:
     source: str  # the path or MLflow URI it was loaded from
     identity: str  # hash of config and weights: the same for a model.pt and its copy logged to MLflow
     verify: Calibration | None  # the threshold calibrated at training; None for models trained before it
-
-    @property
-    def image_size(self) -> int:
-        return int(self.net.config["image_size"])
+    spec: ImageSpec  # how its training images were preprocessed: every input image goes the same way
 
 
 def model_identity(net: SiameseNet) -> str:
@@ -57,7 +56,7 @@ def model_identity(net: SiameseNet) -> str:
 
 
 def load_model(spec: str | Path) -> TrainedModel:
-    """A trained Siamese network from a `train_classifier` model.pt or an MLflow model URI.
+    """A trained Siamese network from a `train_classifier` model (its folder or model.safetensors) or an MLflow URI.
 
     URIs (`runs:/<run id>/model`, `models:/<name>/<version>`) are read from `tracking.tracking_uri()`.
     Anything that is not a Siamese network of this pipeline is a ValueError naming `spec`.
@@ -68,13 +67,15 @@ def load_model(spec: str | Path) -> TrainedModel:
         if not isinstance(net, SiameseNet):
             raise ValueError(f"{spec}: the logged model is a {type(net).__name__}, not a Siamese network of this "
                              "pipeline (log it from `stages/evaluate.py`)")
-        verify = metadata.get("verify")
+        verify, image_spec = metadata.get("verify"), metadata.get("image_spec")
     else:
-        net, ckpt = load_siamese(spec)
-        verify = ckpt.get("verify")
+        net, extra = load_siamese(spec)
+        verify, image_spec = extra.get("verify"), extra.get("image_spec")
     net.eval()
+    if image_spec is None:  # an older model: grayscale drawings of its size, inverted
+        image_spec = {"size": net.image_size, "channels": net.config.get("in_channels", 1), "invert": True}
     return TrainedModel(net=net, source=spec, identity=model_identity(net),
-                        verify=Calibration(**verify) if verify else None)
+                        verify=Calibration(**verify) if verify else None, spec=ImageSpec(**image_spec))
 
 
 # ---------------------------------------------------------------------------- images
@@ -85,13 +86,13 @@ def _visible(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def read_images(paths: Sequence[str | Path], size: int) -> np.ndarray:
-    """Image files -> uint8 [N, size, size], strokes 255, through the training preprocessing."""
-    out = np.empty((len(paths), size, size), dtype=np.uint8)
+def read_images(paths: Sequence[str | Path], spec: ImageSpec) -> np.ndarray:
+    """Image files -> uint8 [N, C, S, S] through the training preprocessing `spec`."""
+    out = np.empty((len(paths), spec.channels, spec.size, spec.size), dtype=np.uint8)
     for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        out[i] = load_image_file(path, size)
+        out[i] = load_image_file(path, spec)
     return out
 
 
@@ -120,7 +121,7 @@ class Support:
 
     class_names: tuple[str, ...]  # [C]
     labels: np.ndarray  # [N] int64 index into class_names
-    images: np.ndarray  # [N, S, S] uint8, strokes 255
+    images: np.ndarray  # [N, C, S, S] uint8, preprocessed by the model's ImageSpec
     paths: tuple[Path, ...]  # [N] the file each image came from
 
 
@@ -158,12 +159,12 @@ def support_files(folder: str | Path) -> dict[str, list[Path]]:
     return classes
 
 
-def read_support(folder: str | Path, size: int) -> Support:
+def read_support(folder: str | Path, spec: ImageSpec) -> Support:
     """Read a support folder in either layout (see `SUPPORT_LAYOUTS`), classes in name order."""
     classes = support_files(folder)
     paths = [p for examples in classes.values() for p in examples]
     labels = np.concatenate([np.full(len(examples), c) for c, examples in enumerate(classes.values())])
-    return Support(class_names=tuple(classes), labels=labels.astype(np.int64), images=read_images(paths, size),
+    return Support(class_names=tuple(classes), labels=labels.astype(np.int64), images=read_images(paths, spec),
                    paths=tuple(paths))
 
 
@@ -235,7 +236,7 @@ class Prediction:
 
 
 def predict(model: TrainedModel, bank: Bank, images: np.ndarray, top_k: int = 1) -> Prediction:
-    """The `top_k` best enrolled classes for each query image [Q, S, S] uint8, scored as in evaluation."""
+    """The `top_k` best enrolled classes for each query image [Q, C, S, S] uint8, scored as in evaluation."""
     bank.check_model(model)
     n_classes = len(bank.class_names)
     if not 1 <= top_k <= n_classes:
@@ -257,7 +258,7 @@ class Verdict:
 
 
 def verify(model: TrainedModel, a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> Verdict:
-    """Same class or not, for two images [S, S] uint8; `threshold` overrides the model's calibrated one."""
+    """Same class or not, for two images [C, S, S] uint8; `threshold` overrides the model's calibrated one."""
     if threshold is not None:
         target = "given"
     elif model.verify is not None:

@@ -53,9 +53,26 @@ def profile_params(params_file: Path, profile: str) -> dict[str, Any]:
     return overlay(load_params(params_file), yaml.safe_load(profile_file.read_text()) or {})
 
 
+# Params holding paths relative to the project root: in a workspace copy they must keep pointing at the user's files.
+ROOT_RELATIVE = (("data", "path"), ("data", "split_file"), ("data", "local_dir"))
+
+
+def anchor_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """`params` with each relative path of ROOT_RELATIVE made absolute against `root`."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
+    for section_name, key in ROOT_RELATIVE:
+        value = out.get(section_name, {}).get(key)
+        if isinstance(value, str) and not Path(os.path.expanduser(os.path.expandvars(value))).is_absolute():
+            out[section_name][key] = str((root / value).resolve())
+    return out
+
+
 def make_workspace(root: Path, dest: Path, profile: str) -> Path:
-    """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params."""
-    merged = profile_params(root / "params.yaml", profile)
+    """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params.
+
+    Relative data paths are anchored at `root`, so the copy reads the same data the project does.
+    """
+    merged = anchor_paths(profile_params(root / "params.yaml", profile), root.resolve())
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

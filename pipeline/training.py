@@ -1,4 +1,4 @@
-"""Lightning Trainer construction shared by the training stages."""
+"""Lightning Trainer construction shared by every training procedure (classifiers and generators)."""
 
 from __future__ import annotations
 
@@ -57,26 +57,3 @@ def build_trainer(cfg: TrainerConfig, max_steps: int, loggers: list[Any], val_ev
         enable_model_summary=False,
         **kwargs,
     )
-
-
-def fit_siamese(pools: list[Any], cfg: Any, trainer_cfg: TrainerConfig, loggers: list[Any],
-                transform: Any = None, val_data: dict[str, Any] | None = None) -> Any:
-    """Train a Siamese network on per-class image pools (uint8 [n_c, S, S] each); returns it exported.
-
-    cfg: `SiameseConfig`. The pair batches stream endlessly; `cfg.max_steps` ends training.
-    val_data: seen-class validation images and episodes for the learning curve, or None.
-    """
-    from pipeline.siamese import PairBatches, SiameseModule, SiameseNet
-
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    size = int(pools[0].shape[-1])
-    net = prepare_model(SiameseNet(size, cfg.channels, cfg.embedding_dim, cfg.loss), trainer_cfg)
-    module = SiameseModule(net, cfg, val_data=val_data)
-    # Batches are built in this process: on 2 cores a loader worker competes with the model for them
-    # (300 steps: 11.9 s in-process, 15.1 s with one worker, 13.3 s with two; same batches either way).
-    loader = torch.utils.data.DataLoader(PairBatches(pools, cfg.batch_classes, cfg.seed, transform),
-                                         batch_size=None, num_workers=0)
-    trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None)
-    # One validation 'batch': validation reads module.val_data.
-    trainer.fit(module, loader, [0] if val_data else None)
-    return export_model(net)

@@ -16,8 +16,11 @@ import pandas as pd
 import torch
 
 from pipeline import tracking
+from pipeline.classifiers.fewshot import embed_all
+from pipeline.classifiers.network import load_siamese
 from pipeline.config import TrackingConfig, load_params, section
-from pipeline.data import OmniglotSet, to_tensor
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
 from pipeline.evaluation import (
     EvaluationConfig,
     build_episodes,
@@ -29,7 +32,6 @@ from pipeline.evaluation import (
 )
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.plots import accuracy_bars, accuracy_table, curve_table, learning_curves, sweep_curve
-from pipeline.siamese import embed_all, load_siamese
 from pipeline.variants import VariantConfig
 
 
@@ -88,17 +90,17 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                 # The metadata carries the verification threshold to `oneshot-gda verify --model runs:/...`.
                 mlflow.pytorch.log_model(nets[variant], name="model", serialization_format="pickle",
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                         metadata={"verify": ckpt.get("verify")})
+                                         metadata={"verify": ckpt.get("verify"), "image_spec": ckpt.get("image_spec")})
     return group
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", required=True, help="prepared omniglot.npz")
-    ap.add_argument("--classifiers", required=True, help="folder of <variant>/model.pt")
+    ap.add_argument("--data", required=True, help="prepared dataset.npz")
+    ap.add_argument("--classifiers", required=True, help="folder of <variant>/model.safetensors")
     ap.add_argument("--synthetic", required=True, help="folder of <generator>/ synthetic sets")
-    ap.add_argument("--reference", required=True, help="the reference embedding's model.pt (source classes only)")
+    ap.add_argument("--reference", required=True, help="the reference embedding's folder (source classes only)")
     ap.add_argument("--sweep", required=True, help="folder of <generator>.csv accuracy-vs-count sweeps")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     ap.add_argument("--reports", required=True, help="folder for pictures")
@@ -113,15 +115,15 @@ def main() -> None:
     variants = {v: section(params, VariantConfig, f"variants.{v}") for v in params["variants"]}
     uri = tracking.setup(tracking_cfg)  # fail on an unreachable server before the work, not after
 
-    dataset = OmniglotSet.load(args.data)
+    dataset = FewShotSet.load(args.data)
     episodes = build_episodes(dataset, cfg)
     images = to_tensor(dataset.images)
     accuracy, nets, ckpts, embeddings = {}, {}, {}, {}
     for variant in variants:
-        path = Path(args.classifiers) / variant / "model.pt"
-        if not path.is_file():
+        path = Path(args.classifiers) / variant
+        if not path.is_dir():
             raise FileNotFoundError(f"{path}: no trained classifier for variant {variant!r}; run `dvc repro`")
-        nets[variant], ckpts[variant] = load_siamese(str(path))
+        nets[variant], ckpts[variant] = load_siamese(path)
         embeddings[variant] = embed_all(nets[variant], images)
         accuracy[variant] = per_episode_accuracy(nets[variant], embeddings[variant], episodes)
     metrics = summarize(accuracy, cfg)

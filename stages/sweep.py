@@ -15,16 +15,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.augment import ClassicAugmentConfig
+from pipeline.classifiers.fewshot import embed_all
+from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.network import SiameseNet, load_siamese
 from pipeline.config import TrainerConfig, load_params, section
-from pipeline.data import OmniglotSet, to_tensor
-from pipeline.episodes import mean_ci95
+from pipeline.data.augment import ClassicAugmentConfig
+from pipeline.data.episodes import mean_ci95
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
+from pipeline.data.synthetic import SyntheticSet
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
+from pipeline.generators.synthesis import SweepConfig
 from pipeline.io import atomic_path
-from pipeline.siamese import SiameseConfig, SiameseNet, embed_all, load_siamese
-from pipeline.synthetic import SyntheticSet
 from pipeline.training import configure_torch
-from pipeline.variants import SweepConfig, fit_generator_variant
+from pipeline.variants import fit_generator_variant
 
 
 def reusable(ckpt: dict, generator: str, cfg: SiameseConfig, augment: ClassicAugmentConfig) -> int | None:
@@ -41,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--generator", required=True)
-    ap.add_argument("--data", required=True, help="prepared omniglot.npz")
+    ap.add_argument("--data", required=True, help="prepared dataset.npz")
     ap.add_argument("--synthetic", required=True, help="the generator's synthetic set folder")
     ap.add_argument("--reuse", nargs="*", default=[], help="pipeline classifier folders to score instead of retraining")
     ap.add_argument("--out", required=True, help="CSV: n_synthetic, accuracy, CI, paired delta to 0")
@@ -55,7 +59,7 @@ def main() -> None:
     trainer_cfg = section(params, TrainerConfig, "trainer")
     configure_torch(trainer_cfg)
 
-    dataset = OmniglotSet.load(args.data)
+    dataset = FewShotSet.load(args.data)
     synthetic = SyntheticSet.load(args.synthetic)
     if synthetic.generator != args.generator:
         raise ValueError(f"{args.synthetic} holds drawings of {synthetic.generator!r}, not {args.generator!r}")
@@ -65,7 +69,7 @@ def main() -> None:
 
     nets: dict[int, SiameseNet] = {}
     for folder in args.reuse:
-        net, ckpt = load_siamese(str(Path(folder) / "model.pt"))
+        net, ckpt = load_siamese(Path(folder))
         count = reusable(ckpt, args.generator, cfg, augment)
         if count in sweep.counts:
             nets[count] = net

@@ -6,29 +6,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import numpy as np
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
 
 from pipeline import tracking
-from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.checkpoints import FILENAME
+from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.network import save_siamese
+from pipeline.classifiers.training import calibrate_on_source, fit_siamese, seen_validation
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
-from pipeline.data import OmniglotSet, to_tensor
-from pipeline.episodes import sample_episodes
+from pipeline.data.augment import ClassicAugmentConfig, classic_transform
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.synthetic import SyntheticSet
 from pipeline.io import atomic_dir, write_json
-from pipeline.siamese import SiameseConfig, calibrate_verification, save_siamese
-from pipeline.synthetic import SyntheticSet
-from pipeline.training import configure_torch, fit_siamese
+from pipeline.training import configure_torch
 from pipeline.variants import VariantConfig, training_pools
-from pipeline.verification import sample_pairs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--variant", required=True)
-    ap.add_argument("--data", required=True, help="prepared omniglot.npz")
+    ap.add_argument("--data", required=True, help="prepared dataset.npz")
     ap.add_argument("--synthetic", required=True, help="synthetic set folder (empty for the real-only variants)")
-    ap.add_argument("--out", required=True, help="output folder: model.pt, metrics.csv, run.json")
+    ap.add_argument("--out", required=True, help="output folder: model.safetensors, metrics.csv, run.json")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -40,7 +40,7 @@ def main() -> None:
     uri = tracking.setup(tracking_cfg)
     configure_torch(trainer_cfg)
 
-    dataset = OmniglotSet.load(args.data)
+    dataset = FewShotSet.load(args.data)
     synthetic = SyntheticSet.load(args.synthetic)
     if synthetic.generator != variant.synthetic:
         raise ValueError(f"{args.synthetic} holds drawings of generator {synthetic.generator!r}, but "
@@ -50,36 +50,23 @@ def main() -> None:
     pools = training_pools(dataset, variant, synthetic, synthetic.variant_count)
     transform = classic_transform(augment, cfg.seed) if variant.classic else None
 
-    # Learning curve: seen-class episodes (exemplar support, held-out query), never the novel classes.
-    train_classes = dataset.classes("train")
-    val_way = min(20, len(train_classes))
-    val_idx = dataset.indices("train")
-    val_episodes = sample_episodes(dataset.labels, dataset.drawers, train_classes, val_way, 200,
-                                   np.random.default_rng(cfg.seed), support_drawer=dataset.exemplar_drawer,
-                                   name="validation episodes")
-    remap = np.full(len(dataset.labels), -1)
-    remap[val_idx] = np.arange(len(val_idx))
-    val_episodes = dataclasses.replace(val_episodes, support=remap[val_episodes.support],
-                                       query=remap[val_episodes.query])
-
-    val_data = {"images": to_tensor(dataset.images[val_idx]), "episodes": val_episodes}
     with atomic_dir(args.out) as tmp:
         loggers: list = [CSVLogger(tmp, name="", version="")]
         if uri is not None:
             loggers.append(MLFlowLogger(
                 experiment_name=tracking_cfg.experiment, tracking_uri=uri, run_name=f"train:{args.variant}",
                 tags=tracking.run_tags(kind="training", variant=args.variant, generator=variant.synthetic)))
-        net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=transform, val_data=val_data)
-        pairs = sample_pairs(dataset.labels, dataset.classes("source"), cfg.verify_pairs,
-                             np.random.default_rng(cfg.seed))
-        verify = calibrate_verification(net, dataset.images, pairs, cfg.verify_target)
+        net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=transform,
+                          val_data=seen_validation(dataset, cfg.seed))
+        verify = calibrate_on_source(net, dataset, cfg)
         if uri is not None:
             loggers[1].log_metrics({"verify/threshold": verify.threshold, "verify/far": verify.far,
                                     "verify/frr": verify.frr}, step=cfg.max_steps)
-        save_siamese(net, str(tmp / "model.pt"), extra={
+        save_siamese(net, tmp / FILENAME, extra={
             "variant": args.variant, "variant_config": dataclasses.asdict(variant),
             "siamese_config": dataclasses.asdict(cfg), "augment_config": dataclasses.asdict(augment),
             "images_per_class": [len(p) for p in pools], "verify": dataclasses.asdict(verify),
+            "image_spec": dataclasses.asdict(dataset.spec),
         })
         write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})
 

@@ -1,6 +1,6 @@
 """Stage `train_reference`: the fixed reference embedding that measures what the generators make.
 
-A Siamese network trained on the source classes only (all their real drawings, classic
+A Siamese network trained on the source classes only (all their real images, classic
 transforms): the classes the generators learn from, never a one-shot training or novel class, so
 it judges every generator's novel-class drawings from the same, independent point of view.
 """
@@ -10,23 +10,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import numpy as np
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
 
 from pipeline import tracking
-from pipeline.augment import ClassicAugmentConfig, classic_transform
+from pipeline.checkpoints import FILENAME
+from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.network import save_siamese
+from pipeline.classifiers.training import fit_siamese
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
-from pipeline.data import OmniglotSet
+from pipeline.data.augment import ClassicAugmentConfig, classic_transform
+from pipeline.data.fewshot import FewShotSet
 from pipeline.io import atomic_dir, write_json
-from pipeline.siamese import SiameseConfig, save_siamese
-from pipeline.training import configure_torch, fit_siamese
+from pipeline.training import configure_torch
+from pipeline.variants import source_pools
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", required=True, help="prepared omniglot.npz")
-    ap.add_argument("--out", required=True, help="output folder: model.pt, metrics.csv, run.json")
+    ap.add_argument("--data", required=True, help="prepared dataset.npz")
+    ap.add_argument("--out", required=True, help="output folder: model.safetensors, metrics.csv, run.json")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -37,18 +40,18 @@ def main() -> None:
     uri = tracking.setup(tracking_cfg)
     configure_torch(trainer_cfg)
 
-    dataset = OmniglotSet.load(args.data)
-    pools = [dataset.images[np.flatnonzero(dataset.labels == c)] for c in dataset.classes("source")]
+    dataset = FewShotSet.load(args.data)
+    pools = source_pools(dataset)
     with atomic_dir(args.out) as tmp:
         loggers: list = [CSVLogger(tmp, name="", version="")]
         if uri is not None:
             loggers.append(MLFlowLogger(experiment_name=tracking_cfg.experiment, tracking_uri=uri,
                                         run_name="reference embedding", tags=tracking.run_tags(kind="reference")))
         net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=classic_transform(augment, cfg.seed))
-        save_siamese(net, str(tmp / "model.pt"), extra={
+        save_siamese(net, tmp / FILENAME, extra={
             "variant": "reference", "siamese_config": dataclasses.asdict(cfg),
             "augment_config": dataclasses.asdict(augment), "classes": "source",
-            "images_per_class": [len(p) for p in pools]})
+            "images_per_class": [len(p) for p in pools], "image_spec": dataclasses.asdict(dataset.spec)})
         write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})
     print(f"reference embedding: {len(pools)} source classes, {cfg.max_steps} steps -> {args.out}")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import DataConfig
-from pipeline.data import SPLITS, OmniglotSet, prepare_omniglot
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.omniglot import SPLITS, prepare_omniglot
+from pipeline.data.prepare import DataConfig
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +36,20 @@ def omniglot_zips(omniglot_dir: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_omniglot(omniglot_zips: dict[str, Path]) -> tuple[OmniglotSet, dict]:
-    """The real data cut to the first 2 characters of every alphabet (100 classes, 2,000 drawings), 28 x 28."""
-    return prepare_omniglot(omniglot_zips, DataConfig(max_classes_per_alphabet=2))
+def tiny_omniglot(omniglot_zips: dict[str, Path]) -> tuple[FewShotSet, dict]:
+    """The real data cut to the first 2 characters of every alphabet (100 classes, 2,000 drawings), 1 x 28 x 28."""
+    return prepare_omniglot(omniglot_zips, DataConfig(max_classes_per_group=2))
+
+
+@pytest.fixture(scope="session")
+def kanji_zip() -> Path:
+    """The real kanji.zip (1,200 classes x 20 fonts in 24 groups, 64 x 64 PNG): KANJI_ZIP, else ../shared beside
+    the checkout."""
+    value = os.environ.get("KANJI_ZIP")
+    path = Path(value) if value else Path(__file__).resolve().parents[2] / "shared" / "data" / "kanji" / "kanji.zip"
+    if not path.is_file():
+        pytest.fail(f"{path}: the kanji zip is missing; set KANJI_ZIP to its path", pytrace=False)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.data import DRAWERS, OmniglotSet
-from pipeline.siamese import SiameseNet, save_siamese
-from pipeline.verification import Calibration
+from pipeline.classifiers.network import SiameseNet, save_siamese
+from pipeline.classifiers.verification import Calibration
+from pipeline.data.fewshot import FewShotSet
+
+DRAWERS = 20
 
 SIZE = 28
 CALIBRATION = Calibration(target="eer", threshold=0.5, far=0.1, frr=0.1, n_pairs=4000)
@@ -25,8 +27,9 @@ def tiny_net(seed: int = 0) -> SiameseNet:
 
 
 def write_model(path: Path, seed: int = 0, calibration: Calibration | None = CALIBRATION) -> Path:
+    """A tiny Siamese checkpoint (a model.safetensors file at `path`) with a verification threshold."""
     extra = {"variant": "vae"} | ({"verify": dataclasses.asdict(calibration)} if calibration else {})
-    save_siamese(tiny_net(seed), str(path), extra=extra)
+    save_siamese(tiny_net(seed), path, extra=extra)
     return path
 
 
@@ -73,15 +76,20 @@ def blobs(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return F.pad(x[:, :, 3:-3, 3:-3], (3, 3, 3, 3))
 
 
-def coded_dataset(roles: np.ndarray, exemplar_drawer: np.ndarray, size: int = 4) -> OmniglotSet:
-    """len(roles) classes x 20 drawers in class-then-drawer order; image i is constant with value i."""
+def coded_dataset(roles: np.ndarray, exemplar_drawer: np.ndarray, size: int = 4) -> FewShotSet:
+    """len(roles) classes x 20 drawers in class-then-drawer order; image i is constant with value i (1 channel).
+
+    exemplar_drawer: [C] the drawer of each train class's exemplar (-1 for other roles)."""
     n = len(roles) * DRAWERS
-    return OmniglotSet(
-        images=np.stack([np.full((size, size), i, np.uint8) for i in range(n)]),
-        labels=np.repeat(np.arange(len(roles)), DRAWERS),
-        drawers=np.tile(np.arange(DRAWERS), len(roles)),
-        class_alphabet=np.array(["A"] * len(roles)),
-        class_character=np.array([f"character{c:02d}" for c in range(len(roles))]),
+    labels = np.repeat(np.arange(len(roles)), DRAWERS)
+    exemplar = np.where(exemplar_drawer >= 0, np.arange(len(roles)) * DRAWERS + exemplar_drawer, -1)
+    return FewShotSet(
+        images=np.stack([np.full((1, size, size), i, np.uint8) for i in range(n)]),
+        labels=labels,
+        instances=np.tile(np.arange(DRAWERS), len(roles)),
+        instance_names=np.array([f"drawer{d + 1:02d}" for d in range(DRAWERS)]),
+        class_names=np.array([f"A/character{c:02d}" for c in range(len(roles))]),
+        class_group=np.array(["A"] * len(roles)),
         class_role=roles,
-        exemplar_drawer=exemplar_drawer,
+        exemplar=exemplar.astype(np.int64),
     )

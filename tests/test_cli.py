@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline import cli, inference
+from pipeline.checkpoints import FILENAME
 from pipeline.generators import save_generator
 from pipeline.generators.vae import ExemplarVAE
-from tests.drawings import SIZE, class_files, class_folders, write_drawing, write_model
+from tests.drawings import class_files, class_folders, tiny_net, write_drawing, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,9 +45,10 @@ def read_csv(text: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, novel_drawings: dict[str, list[bytes]]) -> Path:
-    """model.pt (a small Siamese network with a calibrated threshold), support folders in both layouts, queries."""
+    """model/model.safetensors (a small Siamese network with a calibrated threshold, in its model folder as
+    train_classifier writes it), support folders in both layouts, queries."""
     root = tmp_path_factory.mktemp("cli")
-    write_model(root / "model.pt")
+    write_model(root / "model" / FILENAME)
     names = sorted(novel_drawings)
     class_folders(root / "by-folder", novel_drawings, names[:4], [0, 1])
     class_files(root / "by-file", novel_drawings, names[:4])
@@ -59,8 +62,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, novel_drawings: dict[str
 def expected_rows(model_path: Path, support: Path, queries: list[Path], top_k: int = 1) -> list[list[str]]:
     """What the Python API says for each query, as (class, score, ...) strings."""
     model = inference.load_model(model_path)
-    result = inference.predict(model, inference.enroll(model, inference.read_support(support, SIZE)),
-                               inference.read_images(queries, SIZE), top_k)
+    result = inference.predict(model, inference.enroll(model, inference.read_support(support, model.spec)),
+                               inference.read_images(queries, model.spec), top_k)
     return [[v for n, s in zip(names, scores, strict=True) for v in (str(n), f"{s:.6f}")]
             for names, scores in zip(result.classes, result.scores, strict=True)]
 
@@ -69,7 +72,7 @@ def expected_rows(model_path: Path, support: Path, queries: list[Path], top_k: i
 
 
 def test_predict_with_class_folders_prints_a_row_per_query_in_input_order(workspace: Path) -> None:
-    done = oneshot("predict", "--model", "model.pt", "--support", "by-folder", "--query", "single.png", "queries",
+    done = oneshot("predict", "--model", "model", "--support", "by-folder", "--query", "single.png", "queries",
                    "single.png", cwd=workspace)
     assert done.returncode == 0, done.stderr
     rows = list(csv.reader(io.StringIO(done.stdout)))
@@ -77,14 +80,14 @@ def test_predict_with_class_folders_prints_a_row_per_query_in_input_order(worksp
     queries = [Path("single.png"), *(Path("queries", f) for f in sorted(os.listdir(workspace / "queries"))),
                Path("single.png")]
     assert [r[0] for r in rows[1:]] == [str(q) for q in queries]
-    assert [r[1:] for r in rows[1:]] == expected_rows(workspace / "model.pt", workspace / "by-folder",
+    assert [r[1:] for r in rows[1:]] == expected_rows(workspace / "model", workspace / "by-folder",
                                                       [workspace / q for q in queries])
     assert rows[1][0] == rows[-1][0] and rows[1][1:] == rows[-1][1:], "the same query twice: two equal rows"
 
 
 def test_predict_with_files_named_by_class_writes_the_top_k(workspace: Path, tmp_path: Path) -> None:
     out = tmp_path / "predictions.csv"
-    done = oneshot("predict", "--model", workspace / "model.pt", "--support", workspace / "by-file", "--query",
+    done = oneshot("predict", "--model", workspace / "model" / FILENAME, "--support", workspace / "by-file", "--query",
                    workspace / "queries", "--top-k", "3", "--output", out, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
@@ -92,7 +95,7 @@ def test_predict_with_files_named_by_class_writes_the_top_k(workspace: Path, tmp
     assert rows[0] == ["query", "prediction", "score", "prediction_2", "score_2", "prediction_3", "score_3"]
     queries = sorted((workspace / "queries").iterdir())
     assert [r[0] for r in rows[1:]] == [str(q) for q in queries]
-    assert [r[1:] for r in rows[1:]] == expected_rows(workspace / "model.pt", workspace / "by-file", queries, top_k=3)
+    assert [r[1:] for r in rows[1:]] == expected_rows(workspace / "model", workspace / "by-file", queries, top_k=3)
     for row in rows[1:]:
         assert len(set(row[1::2])) == 3 and float(row[2]) >= float(row[4]) >= float(row[6])
 
@@ -104,7 +107,7 @@ def test_enroll_twice_then_predict_from_the_bank(workspace: Path, tmp_path: Path
     a, b, c = sorted(novel_drawings)[:3]
     class_folders(tmp_path / "first", novel_drawings, [a, b], [0])
     class_folders(tmp_path / "more", novel_drawings, [b, c], [1])  # another drawing of b, a new class c
-    model = workspace / "model.pt"
+    model = workspace / "model"
     done = oneshot("enroll", "--model", model, "--support", "first", "--out", "bank.npz", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "bank.npz: 2 classes (2 new), 2 examples" in done.stdout
@@ -127,7 +130,7 @@ def test_enroll_twice_then_predict_from_the_bank(workspace: Path, tmp_path: Path
 
 def test_verify_prints_the_decision_with_the_calibrated_threshold(workspace: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    same = oneshot("verify", "--model", "model.pt", "by-file/" + sorted(os.listdir(workspace / "by-file"))[0],
+    same = oneshot("verify", "--model", "model", "by-file/" + sorted(os.listdir(workspace / "by-file"))[0],
                    "by-file/" + sorted(os.listdir(workspace / "by-file"))[0], cwd=workspace)
     assert same.returncode == 0, same.stderr
     (row,) = read_csv(same.stdout)
@@ -136,8 +139,8 @@ def test_verify_prints_the_decision_with_the_calibrated_threshold(workspace: Pat
     assert float(row["similarity"]) == pytest.approx(1.0, abs=1e-2), "an image is like itself"
 
     other = sorted((workspace / "queries").iterdir())[0]
-    assert cli.main(["verify", "--model", str(workspace / "model.pt"), str(workspace / "single.png"), str(other),
-                     "--threshold", "1.5"]) == 0
+    assert cli.main(["verify", "--model", str(workspace / "model" / FILENAME), str(workspace / "single.png"),
+                     str(other), "--threshold", "1.5"]) == 0
     (row,) = read_csv(capsys.readouterr().out)
     assert (row["same"], row["threshold"], row["target"]) == ("false", "1.500000", "given")
 
@@ -146,7 +149,7 @@ def test_verify_prints_the_decision_with_the_calibrated_threshold(workspace: Pat
 
 
 def test_bad_input_from_the_console_exits_1_with_one_line_and_writes_nothing(workspace: Path, tmp_path: Path) -> None:
-    done = oneshot("predict", "--model", workspace / "model.pt", "--support", workspace / "by-file", "--query",
+    done = oneshot("predict", "--model", workspace / "model", "--support", workspace / "by-file", "--query",
                    "lost.png", "--output", "out.csv", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr == "error: lost.png: no such query file or folder\n"
@@ -155,7 +158,7 @@ def test_bad_input_from_the_console_exits_1_with_one_line_and_writes_nothing(wor
 
 def bad_case(case: str, workspace: Path, tmp: Path) -> tuple[list[str], str]:
     """Arguments that are wrong in one way (the output goes to tmp/out.csv), and what the error must name."""
-    model, support, queries = str(workspace / "model.pt"), str(workspace / "by-file"), str(workspace / "queries")
+    model, support, queries = str(workspace / "model"), str(workspace / "by-file"), str(workspace / "queries")
     predict = ["predict", "--model", model, "--support", support, "--query", queries, "--output", str(tmp / "out.csv")]
     if case == "missing query":
         return [*predict[:-4], "--query", str(tmp / "nope.png"), *predict[-2:]], "nope.png: no such query file"
@@ -168,19 +171,27 @@ def bad_case(case: str, workspace: Path, tmp: Path) -> tuple[list[str], str]:
     if case == "missing support folder":
         return [*predict, "--support", str(tmp / "nowhere")], "nowhere: no such support folder"
     if case == "model is a generator":
-        save_generator("vae", ExemplarVAE(16, latent_dim=2, widths=(8, 16)), tmp / "generator.pt")
-        return [*predict, "--model", str(tmp / "generator.pt")], "generator.pt: not a Siamese checkpoint"
+        save_generator("vae", ExemplarVAE(16, latent_dim=2, widths=(8, 16)), tmp / "generator" / FILENAME)
+        return [*predict, "--model", str(tmp / "generator")], \
+            "generator/model.safetensors: a 'generator' checkpoint, not a siamese checkpoint"
     if case == "model is random bytes":
-        (tmp / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
-        return [*predict, "--model", str(tmp / "random.pt")], "random.pt: not a Siamese checkpoint"
+        (tmp / "random").mkdir()
+        (tmp / "random" / FILENAME).write_bytes(np.random.default_rng(0).bytes(4096))
+        return [*predict, "--model", str(tmp / "random")], "random/model.safetensors: not a siamese checkpoint"
+    if case == "model is a torch pickle":
+        torch.save({"kind": "siamese", "state_dict": tiny_net().state_dict()}, tmp / "model.pt")
+        return [*predict, "--model", str(tmp / "model.pt")], "model.pt: not a siamese checkpoint"
     if case == "missing model":
-        return [*predict, "--model", str(tmp / "absent.pt")], "absent.pt: no such model file"
+        return [*predict, "--model", str(tmp / "absent")], "absent: no such model file"
+    if case == "model folder without a model":
+        (tmp / "hollow").mkdir()
+        return [*predict, "--model", str(tmp / "hollow")], "hollow/model.safetensors: no such model file"
     if case == "bank is no bank":
         (tmp / "bank.npz").write_bytes(b"not a bank")
         return [*predict[:3], "--bank", str(tmp / "bank.npz"), *predict[5:]], "bank.npz: not a bank"
     if case == "bank of another model":
-        other = write_model(tmp / "other.pt", seed=1)
-        inference.enroll(inference.load_model(other), inference.read_support(support, SIZE)).save(tmp / "bank.npz")
+        other = inference.load_model(write_model(tmp / "other" / FILENAME, seed=1))
+        inference.enroll(other, inference.read_support(support, other.spec)).save(tmp / "bank.npz")
         return [*predict[:3], "--bank", str(tmp / "bank.npz"), *predict[5:]], "bank.npz was enrolled with another"
     if case == "top-k above the classes":
         return [*predict, "--top-k", "5"], "top_k=5; it must be between 1 and the 4 enrolled classes"
@@ -191,7 +202,8 @@ def bad_case(case: str, workspace: Path, tmp: Path) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("case", ["missing query", "non-image query", "empty support folder", "missing support folder",
-                                  "model is a generator", "model is random bytes", "missing model", "bank is no bank",
+                                  "model is a generator", "model is random bytes", "model is a torch pickle",
+                                  "missing model", "model folder without a model", "bank is no bank",
                                   "bank of another model", "top-k above the classes", "verify a missing image"])
 def test_each_bad_input_exits_1_naming_it(case: str, workspace: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,18 +217,18 @@ def test_each_bad_input_exits_1_naming_it(case: str, workspace: Path, tmp_path: 
 def test_a_failed_enroll_leaves_the_bank_as_it_was(workspace: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     bank = tmp_path / "bank.npz"
-    assert cli.main(["enroll", "--model", str(workspace / "model.pt"), "--support", str(workspace / "by-folder"),
+    assert cli.main(["enroll", "--model", str(workspace / "model"), "--support", str(workspace / "by-folder"),
                      "--out", str(bank)]) == 0
     before = bank.read_bytes()
     broken = tmp_path / "broken"
     class_files(broken, {"ok": [(workspace / "single.png").read_bytes()]}, ["ok"])
     (broken / "bad.png").write_bytes(b"no image")
-    assert cli.main(["enroll", "--model", str(workspace / "model.pt"), "--support", str(broken),
+    assert cli.main(["enroll", "--model", str(workspace / "model"), "--support", str(broken),
                      "--out", str(bank)]) == 1
     assert "bad.png: not a readable image" in capsys.readouterr().err
     assert bank.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.npz", "broken"], "no temporary file left"
     # A new bank that fails is not written at all.
-    assert cli.main(["enroll", "--model", str(workspace / "model.pt"), "--support", str(broken),
+    assert cli.main(["enroll", "--model", str(workspace / "model"), "--support", str(broken),
                      "--out", str(tmp_path / "new.npz")]) == 1
     assert not (tmp_path / "new.npz").exists()

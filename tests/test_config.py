@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 from pipeline.config import (
-    DataConfig,
-    DownloadConfig,
     ParamsError,
     TrainerConfig,
     from_dict,
     load_params,
     section,
 )
+from pipeline.data.prepare import DataConfig, DownloadConfig
+from pipeline.evaluation import EvaluationConfig
 from pipeline.profile import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +31,10 @@ class ChoiceConfig:
 
 
 def test_from_dict_builds_frozen_config_with_defaults() -> None:
-    cfg = from_dict(DataConfig, {"image_size": 32, "max_classes_per_alphabet": 3}, "data")
-    assert cfg == DataConfig(image_size=32, max_classes_per_alphabet=3)
-    assert cfg.n_source_alphabets == 20 and cfg.download is None
+    cfg = from_dict(DataConfig, {"image_size": 32, "max_classes_per_group": 3}, "data")
+    assert cfg == DataConfig(image_size=32, max_classes_per_group=3)
+    assert cfg.roles == {"source": 20, "train": None} and cfg.download is None
+    assert cfg.source == "omniglot" and cfg.channels == 1 and cfg.invert is True
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.image_size = 64  # type: ignore[misc]
 
@@ -43,7 +44,8 @@ def test_unknown_key_names_the_key_and_the_allowed_keys() -> None:
         from_dict(DataConfig, {"image_size": 28, "imgae_size": 28}, "data")
     msg = str(err.value)
     assert "`data.imgae_size`" in msg
-    for allowed in ("image_size", "n_source_alphabets", "max_classes_per_alphabet", "split_seed", "download"):
+    for allowed in ("image_size", "roles", "max_classes_per_group", "split_seed", "download", "source", "path",
+                    "channels", "invert", "split_file"):
         assert allowed in msg
 
 
@@ -87,7 +89,7 @@ def test_union_int_or_str() -> None:
 
 
 def test_optional_accepts_null_but_not_for_required_values() -> None:
-    assert from_dict(DataConfig, {"max_classes_per_alphabet": None}, "data").max_classes_per_alphabet is None
+    assert from_dict(DataConfig, {"max_classes_per_group": None}, "data").max_classes_per_group is None
     with pytest.raises(ParamsError, match=r"`data\.image_size` = None .*expected an integer"):
         from_dict(DataConfig, {"image_size": None}, "data")
 
@@ -108,23 +110,66 @@ def test_nested_dataclass_is_built_and_its_errors_name_the_inner_key() -> None:
         from_dict(DataConfig, {"download": "http://h"}, "data")
 
 
-@pytest.mark.parametrize("size", [30, 4, 0, -8])
-def test_image_size_must_be_a_multiple_of_4_and_at_least_8(size: int) -> None:
-    with pytest.raises(ParamsError, match=rf"`data\.image_size` = {size} .*multiple of 4"):
+@pytest.mark.parametrize("size", [30, 4, 0, -8, 8, 12, 18])
+def test_image_size_must_be_a_multiple_of_4_and_at_least_16(size: int) -> None:
+    with pytest.raises(ParamsError, match=rf"`data\.image_size` = {size} .*multiple of 4, at least 16"):
         from_dict(DataConfig, {"image_size": size}, "data")
 
 
-@pytest.mark.parametrize("n", [0, 30, -1])
-def test_n_source_alphabets_out_of_range(n: int) -> None:
-    with pytest.raises(ParamsError, match=rf"`data\.n_source_alphabets` = {n} .*1\.\.29"):
-        from_dict(DataConfig, {"n_source_alphabets": n}, "data")
+@pytest.mark.parametrize("channels", [0, 2, 4])
+def test_channels_must_be_1_or_3(channels: int) -> None:
+    with pytest.raises(ParamsError, match=rf"`data\.channels` = {channels} .*1 \(grayscale\) or 3 \(RGB\)"):
+        from_dict(DataConfig, {"channels": channels}, "data")
+
+
+@pytest.mark.parametrize("roles", [{"source": 0, "train": None}, {"source": -1, "train": 3},
+                                   {"source": None, "train": None}, {"source": 5}, {"train": 5},
+                                   {"source": 5, "train": 5, "novel": 3}, {"source": 5, "train": 5, "test": 1}])
+def test_roles_need_source_and_train_counts_and_at_most_one_rest(roles: dict) -> None:
+    with pytest.raises(ParamsError, match=r"`data\.roles` = "):
+        from_dict(DataConfig, {"roles": roles}, "data")
+
+
+def test_roles_count_must_be_an_integer_or_null() -> None:
+    with pytest.raises(ParamsError, match=r"`data\.roles\.source` = 'many' .*an integer"):
+        from_dict(DataConfig, {"roles": {"source": "many", "train": None}}, "data")
+
+
+def test_source_must_be_a_known_one_and_folder_needs_a_path() -> None:
+    with pytest.raises(ParamsError, match=r"`data\.source` = 'imagenet' .*'omniglot', 'folder'"):
+        from_dict(DataConfig, {"source": "imagenet"}, "data")
+    with pytest.raises(ParamsError, match=r"`data\.path` = None .*data\.source is folder"):
+        from_dict(DataConfig, {"source": "folder"}, "data")
+    cfg = from_dict(DataConfig, {"source": "folder", "path": "x.zip", "subdir": "kanji", "channels": 3,
+                                 "invert": False, "split_file": "split.csv"}, "data")
+    assert (cfg.path, cfg.subdir, cfg.channels, cfg.invert, cfg.split_file) == ("x.zip", "kanji", 3, False,
+                                                                                   "split.csv")
+    assert (cfg.spec.size, cfg.spec.channels, cfg.spec.invert) == (28, 3, False)
 
 
 def test_validate_accepts_the_edges() -> None:
-    assert from_dict(DataConfig, {"image_size": 8, "n_source_alphabets": 29}, "data").image_size == 8
-    assert from_dict(DataConfig, {"n_source_alphabets": 1}, "data").n_source_alphabets == 1
-    with pytest.raises(ParamsError, match=r"`data\.max_classes_per_alphabet` = 0 .*> 0"):
-        from_dict(DataConfig, {"max_classes_per_alphabet": 0}, "data")
+    assert from_dict(DataConfig, {"image_size": 16, "roles": {"source": 29, "train": None}}, "data").image_size == 16
+    assert from_dict(DataConfig, {"roles": {"source": 1, "train": 1}}, "data").roles == {"source": 1, "train": 1}
+    assert from_dict(DataConfig, {"roles": {"source": None, "train": 3}}, "data").roles == {"source": None,
+                                                                                          "train": 3}
+    assert from_dict(DataConfig, {"channels": 3}, "data").channels == 3
+    with pytest.raises(ParamsError, match=r"`data\.max_classes_per_group` = 0 .*> 0"):
+        from_dict(DataConfig, {"max_classes_per_group": 0}, "data")
+
+
+def test_old_data_keys_are_refused_by_name() -> None:
+    for key, value in (("n_source_alphabets", 20), ("max_classes_per_alphabet", 3)):
+        with pytest.raises(ParamsError, match=rf"unknown key `data\.{key}`"):
+            from_dict(DataConfig, {key: value}, "data")
+
+
+def test_within_group_way_may_be_null_but_not_below_2() -> None:
+    assert from_dict(EvaluationConfig, {"within_group_way": None}, "evaluation").within_group_way is None
+    assert from_dict(EvaluationConfig, {"within_group_way": 5}, "evaluation").within_group_way == 5
+    with pytest.raises(ParamsError, match=r"`evaluation\.within_group_way` = 1 "):
+        from_dict(EvaluationConfig, {"within_group_way": 1}, "evaluation")
+    with pytest.raises(ParamsError, match=r"unknown key `evaluation\.within_alphabet_way`"):
+        from_dict(EvaluationConfig, {"within_alphabet_way": 20}, "evaluation")
 
 
 def test_section_reads_a_dotted_path_and_names_a_missing_one() -> None:
@@ -161,6 +206,8 @@ def test_project_params_load_and_validate() -> None:
     params = load_params(ROOT / "params.yaml")
     data = section(params, DataConfig, "data")
     assert data.download is not None
+    assert data.source == "omniglot" and data.roles == {"source": 20, "train": None}
+    assert section(params, EvaluationConfig, "evaluation").within_group_way == 20
     assert section(params, TrainerConfig, "trainer").devices == 1
 
 
@@ -187,5 +234,5 @@ def test_overlay_refuses_unknown_keys_with_their_dotted_name() -> None:
 def test_smoke_profile_overlays_the_project_params() -> None:
     params = load_params(ROOT / "params.yaml")
     merged = overlay(params, yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text()))
-    assert section(merged, DataConfig, "data").max_classes_per_alphabet == 20
+    assert section(merged, DataConfig, "data").max_classes_per_group == 20
     assert merged["data"]["download"] == params["data"]["download"]

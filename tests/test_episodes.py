@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.episodes import EpisodeError, Episodes, episode_accuracy, mean_ci95, sample_episodes
+from pipeline.data.episodes import EpisodeError, Episodes, episode_accuracy, mean_ci95, sample_episodes
 
 N_CLASSES, N_DRAWERS = 12, 20
 
@@ -23,9 +23,9 @@ def synthetic_labels(n_classes: int = N_CLASSES, n_drawers: int = N_DRAWERS,
 
 def draw(n_way: int = 5, n_episodes: int = 50, seed: int = 0, classes: np.ndarray | None = None,
          **kwargs: object) -> Episodes:
-    labels, drawers = synthetic_labels()
+    labels, _ = synthetic_labels()
     classes = np.arange(N_CLASSES) if classes is None else classes
-    return sample_episodes(labels, drawers, classes, n_way, n_episodes, np.random.default_rng(seed),
+    return sample_episodes(labels, classes, n_way, n_episodes, np.random.default_rng(seed),
                            **kwargs)  # type: ignore[arg-type]
 
 
@@ -89,10 +89,14 @@ def test_groups_too_small_for_n_way_are_skipped() -> None:
     assert set(episode_groups[:, 0]) == {0, 1}
 
 
-def test_support_drawer_is_respected_and_query_is_another_drawer() -> None:
+def test_fixed_support_is_respected_and_query_is_another_image() -> None:
     labels, drawers = synthetic_labels()
     support_drawer = (np.arange(N_CLASSES) * 7) % N_DRAWERS  # [N_CLASSES] fixed exemplar drawer per class
-    ep = draw(n_way=5, n_episodes=300, support_drawer=support_drawer)
+    # [N_CLASSES] the image index of each class's fixed support (e.g. `dataset.exemplar`)
+    fixed_support = np.array([np.flatnonzero((labels == c) & (drawers == support_drawer[c]))[0]
+                              for c in range(N_CLASSES)])
+    ep = draw(n_way=5, n_episodes=300, fixed_support=fixed_support)
+    np.testing.assert_array_equal(ep.support, fixed_support[labels[ep.support]])
     np.testing.assert_array_equal(drawers[ep.support], support_drawer[labels[ep.support]])
     np.testing.assert_array_equal(labels[ep.query], labels[ep.support])
     assert (drawers[ep.query] != drawers[ep.support]).all()
@@ -108,7 +112,7 @@ def test_n_way_above_the_classes_available_names_n_way_and_the_most() -> None:
 
 def test_n_way_above_every_group_names_the_largest_group() -> None:
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2])
-    with pytest.raises(EpisodeError, match=r"n_way=6 but only 5 classes are available in any one alphabet"):
+    with pytest.raises(EpisodeError, match=r"n_way=6 but only 5 classes are available in any one group"):
         draw(n_way=6, groups=groups)
     # 12 classes in total would be enough; within a group they are not.
     with pytest.raises(EpisodeError, match="lower n_way to at most 5"):
@@ -131,17 +135,27 @@ def test_n_episodes_below_1_is_refused() -> None:
         draw(n_episodes=0)
 
 
-def test_a_class_with_one_drawing_is_refused() -> None:
+def test_a_class_with_one_image_is_refused() -> None:
     labels, drawers = synthetic_labels(n_classes=3, n_drawers=2, shuffle_seed=None)
     keep = ~((labels == 1) & (drawers == 1))
-    with pytest.raises(EpisodeError, match="class 1 has 1 drawing"):
-        sample_episodes(labels[keep], drawers[keep], np.arange(3), 2, 4, np.random.default_rng(0))
+    with pytest.raises(EpisodeError, match=r"class 1 has 1 image\(s\); a support and a query need 2"):
+        sample_episodes(labels[keep], np.arange(3), 2, 4, np.random.default_rng(0))
 
 
-def test_sampling_needs_only_labels_so_two_drawers_suffice() -> None:
+def test_sampling_needs_only_labels_so_two_images_suffice() -> None:
     labels, drawers = synthetic_labels(n_classes=4, n_drawers=2)
-    ep = sample_episodes(labels, drawers, np.arange(4), 4, 20, np.random.default_rng(0))
+    ep = sample_episodes(labels, np.arange(4), 4, 20, np.random.default_rng(0))
     assert (drawers[ep.support] != drawers[ep.query]).all()
+    assert (ep.support != ep.query).all()
+
+
+def test_classes_with_unequal_image_counts() -> None:
+    """A class folder need not hold the same number of images per class: each query is another image."""
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 2, 2, 2])
+    ep = sample_episodes(labels, np.arange(3), 3, 200, np.random.default_rng(0))
+    np.testing.assert_array_equal(labels[ep.support], labels[ep.query])
+    assert (ep.support != ep.query).all()
+    assert set(ep.query[labels[ep.query] == 1].ravel()) == {2, 3, 4, 5, 6}
 
 
 # ---------------------------------------------------------------------------- scoring

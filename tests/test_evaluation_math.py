@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import OmniglotSet, to_tensor
+from pipeline.classifiers.fewshot import embed_all
+from pipeline.classifiers.network import SiameseNet
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
 from pipeline.evaluation import (
     EvaluationConfig,
     class_consistency,
@@ -14,7 +17,6 @@ from pipeline.evaluation import (
     summarize,
     synthetic_measures,
 )
-from pipeline.siamese import SiameseNet, embed_all
 
 CFG = EvaluationConfig(ways=(20, 5), baseline="baseline")
 
@@ -135,7 +137,7 @@ def test_summarize_compares_with_further_references() -> None:
         summarize(accuracy, EvaluationConfig(ways=(20,), compare_with=("oracle",)))
 
 
-def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """Copies of the exemplar: consistent, no diversity. Drawings of other classes: low consistency."""
     dataset, _ = tiny_omniglot
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""DAGAN-style GAN: generator and critic contracts, checkpoints, params, and a few real training steps."""
+"""DAGAN-style GAN: generator and critic contracts, checkpoints, params, a few real training steps, and
+networks that follow the data (any image size from 28 to 84, grayscale or RGB)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pipeline.config import DataConfig, ParamsError, from_dict, load_params, section
-from pipeline.data import OmniglotSet
+from pipeline.checkpoints import FILENAME, load_weights, read_checkpoint
+from pipeline.config import ParamsError, from_dict, load_params, section
+from pipeline.data.batches import SameClassPairs
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.prepare import DataConfig
 from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
-from pipeline.generators.blocks import SameClassPairs, multiscale_errors
+from pipeline.generators.blocks import multiscale_errors
 from pipeline.generators.gan import (
     DAGANGenerator,
     GANConfig,
@@ -190,17 +194,18 @@ def test_critic_layers_are_spectrally_normalised() -> None:
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model, x = tiny_generator(), drawings(2)
-    path = tmp_path / "gan.pt"
+    path = tmp_path / FILENAME
     save_generator("gan", model, path, extra={"steps": 3})
-    loaded, ckpt = load_generator(path)  # nothing but the file: family and config come with it
+    loaded, extra = load_generator(path)  # nothing but the file: family and config come with it
     assert isinstance(loaded, DAGANGenerator) and not loaded.training
     expected = {"image_size": SIZE, "noise_dim": NOISE, "widths": WIDTHS, "max_displacement": 0.35,
-                "flow_resolution": FLOW}
-    assert loaded.config == expected and ckpt["config"] == expected
-    assert ckpt["family"] == "gan" and ckpt["kind"] == "generator" and ckpt["steps"] == 3
+                "flow_resolution": FLOW, "channels": 1}
+    config, stored_extra = read_checkpoint(path, "generator")
+    assert loaded.config == expected and {**config, "widths": tuple(config["widths"])} == expected
+    assert extra == stored_extra == {"family": "gan", "steps": 3}
     assert torch.equal(loaded.generate(x, 3, generator=seeded(2)), model.generate(x, 3, generator=seeded(2)))
-    rebuilt = DAGANGenerator(**ckpt["config"])
-    rebuilt.load_state_dict(ckpt["state_dict"])  # the config alone builds a model these weights fit
+    rebuilt = load_weights(DAGANGenerator(**config), path)  # the config alone builds a model these weights fit
+    assert torch.equal(rebuilt.generate(x, 3, generator=seeded(2)), model.generate(x, 3, generator=seeded(2)))
 
 
 def test_gan_family_builds_its_model() -> None:
@@ -210,7 +215,9 @@ def test_gan_family_builds_its_model() -> None:
     model = family.build(GANConfig(noise_dim=3, widths=(8, 16), max_displacement=0.2, flow_resolution=5), 16)
     assert isinstance(model, DAGANGenerator)
     assert model.config == {"image_size": 16, "noise_dim": 3, "widths": (8, 16), "max_displacement": 0.2,
-                            "flow_resolution": 5}
+                            "flow_resolution": 5, "channels": 1}
+    rgb = family.build(GANConfig(noise_dim=3, widths=(8, 16)), 32, 3)
+    assert rgb.config["channels"] == 3 and rgb.config["image_size"] == 32
 
 
 def test_unknown_family_lists_both_generators() -> None:
@@ -224,7 +231,7 @@ def test_best_of_k_takes_each_targets_nearest_draw() -> None:
     blank = torch.zeros_like(target)
     # Draw 0: blank for every target; draw 1: target 0 itself, then other drawings.
     drawn = torch.cat([blank, torch.cat([target[:1], others[1:]])])
-    err = best_of_k(drawn, target, (1, 2))
+    err = best_of_k(drawn, target[:, None], (1, 2))  # one target per exemplar: [B, M = 1, C, S, S]
     assert err.shape == (3,) and float(err[0]) == 0.0
     expected = torch.minimum(multiscale_errors(blank, target, (1, 2)), multiscale_errors(others, target, (1, 2)))
     assert torch.allclose(err[1:], expected[1:])
@@ -235,7 +242,7 @@ def test_best_of_k_teaches_only_the_best_draw() -> None:
     target = blobs(2, SIZE, seed=0)
     near = (target * 0.9).requires_grad_()
     far = torch.zeros_like(target).requires_grad_()
-    best_of_k(torch.cat([far, near]), target, (1,)).sum().backward()
+    best_of_k(torch.cat([far, near]), target[:, None], (1,)).sum().backward()
     assert far.grad is not None and near.grad is not None
     assert float(far.grad.abs().sum()) == 0.0 and float(near.grad.abs().sum()) > 0
 
@@ -243,18 +250,19 @@ def test_best_of_k_teaches_only_the_best_draw() -> None:
 def test_draw_target_errors_pair_every_draw_with_every_target() -> None:
     """[K, M, B]: entry (k, m, i) is draw k of exemplar i against target m of exemplar i."""
     k, m, b = 3, 2, 4
-    drawn, targets = blobs(k * b, SIZE, seed=0), torch.cat([blobs(b, SIZE, seed=1), blobs(b, SIZE, seed=2)], dim=1)
+    drawn = blobs(k * b, SIZE, seed=0)
+    targets = torch.stack([blobs(b, SIZE, seed=1), blobs(b, SIZE, seed=2)], dim=1)  # [B, M, C, S, S]
     errors = draw_target_errors(drawn, targets, (1, 2))
     assert errors.shape == (k, m, b)
     for kk, mm, i in [(0, 0, 0), (2, 1, 3), (1, 0, 2)]:
-        expected = multiscale_errors(drawn[kk * b + i:kk * b + i + 1], targets[i:i + 1, mm:mm + 1], (1, 2))
+        expected = multiscale_errors(drawn[kk * b + i:kk * b + i + 1], targets[i:i + 1, mm], (1, 2))
         assert torch.allclose(errors[kk, mm, i], expected[0])
 
 
 def test_best_of_k_over_several_targets() -> None:
     """Each target's nearest draw, averaged over the targets: copies of one target pay for the other."""
     t0, t1 = blobs(1, SIZE, seed=0), blobs(1, SIZE, seed=1)
-    targets = torch.cat([t0, t1], dim=1)  # one exemplar, M = 2 real drawings
+    targets = torch.stack([t0, t1], dim=1)  # one exemplar, M = 2 real drawings: [1, 2, 1, S, S]
     blank = torch.zeros_like(t0)
     e = lambda x, y: float(multiscale_errors(x, y, (1,))[0])  # noqa: E731
     # Draws: t0 itself and a blank. t0 is matched exactly; t1's nearest draw is whichever is nearer.
@@ -323,9 +331,9 @@ def test_shipped_params_build_the_generator() -> None:
     """
     params = load_params(PARAMS)
     cfg = section(params, GANConfig, "generator.gan")
-    image_size = section(params, DataConfig, "data").image_size
-    model = build(cfg, image_size)
-    assert model.config["image_size"] == image_size
+    data = section(params, DataConfig, "data")
+    model = build(cfg, data.image_size, data.channels)
+    assert model.config["image_size"] == data.image_size and model.config["channels"] == data.channels
 
 
 # ---------------------------------------------------------------------------- training
@@ -334,14 +342,14 @@ def test_shipped_params_build_the_generator() -> None:
 TRAIN_CFG = {"noise_dim": NOISE, "widths": list(WIDTHS), "critic_width": 8, "batch_size": 8}
 
 
-def source_pairs(dataset: OmniglotSet, batch_size: int, seed: int) -> SameClassPairs:
+def source_pairs(dataset: FewShotSet, batch_size: int, seed: int) -> SameClassPairs:
     source = dataset.indices("source")
     return SameClassPairs(dataset.images[source], dataset.labels[source], batch_size, seed)
 
 
-def fit(dataset: OmniglotSet, cfg: GANConfig, steps: int) -> tuple[GANModule, pl.Trainer]:
+def fit(dataset: FewShotSet, cfg: GANConfig, steps: int) -> tuple[GANModule, pl.Trainer]:
     pl.seed_everything(cfg.seed, verbose=False)
-    module = GANModule(build(cfg, int(dataset.images.shape[-1])), cfg)
+    module = GANModule(build(cfg, dataset.image_size, dataset.channels), cfg)
     # As the train_generator stage does: Lightning's max_steps counts the critic's steps as well.
     trainer = pl.Trainer(max_steps=steps * module.optimizer_steps_per_batch, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -356,7 +364,7 @@ def optimizer_step_count(optimizer: torch.optim.Optimizer) -> int:
 
 
 @pytest.mark.parametrize("critic_steps", [1, 2])
-def test_one_batch_per_generator_update(tiny_omniglot: tuple[OmniglotSet, dict], critic_steps: int) -> None:
+def test_one_batch_per_generator_update(tiny_omniglot: tuple[FewShotSet, dict], critic_steps: int) -> None:
     """max_steps = steps x optimizer_steps_per_batch runs `steps` batches, and the lr decays to 0 at the last."""
     dataset, _ = tiny_omniglot
     steps = 3
@@ -376,7 +384,7 @@ def test_one_batch_per_generator_update(tiny_omniglot: tuple[OmniglotSet, dict],
         assert key in logged and torch.isfinite(logged[key]), key
 
 
-def test_a_few_steps_lower_the_critic_loss(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_a_few_steps_lower_the_critic_loss(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """On held-out real pairs vs the generator's drawings, the hinge loss falls below 2, a constant critic's.
 
     The generator starts as the identity warp, so its drawings are copies of the exemplar, and real
@@ -386,7 +394,8 @@ def test_a_few_steps_lower_the_critic_loss(tiny_omniglot: tuple[OmniglotSet, dic
     steps = 40
     cfg = from_dict(GANConfig, {**TRAIN_CFG, "lr_critic": 4e-3, "lr_generator": 2e-4, "max_steps": steps},
                     "generator.gan")
-    held_exemplar, held_real = next(iter(source_pairs(dataset, 16, seed=99)))
+    held_exemplar, held_targets = next(iter(source_pairs(dataset, 16, seed=99)))
+    held_real = held_targets[:, 0]  # [B, C, S, S]
     held_noise = torch.randn(16, NOISE, generator=seeded(1))
 
     def held_critic_loss(module: GANModule) -> float:
@@ -406,7 +415,7 @@ def test_a_few_steps_lower_the_critic_loss(tiny_omniglot: tuple[OmniglotSet, dic
     assert np.isfinite(after) and all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def test_a_few_steps_with_best_of_k_bring_draws_nearer_real_drawings(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_a_few_steps_with_best_of_k_bring_draws_nearer_real_drawings(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """With the reconstruction term, the best of K draws moves towards held-out real second drawings.
 
     At the start the generator is the identity warp: every draw is a copy of the exemplar (ratio 1
@@ -416,14 +425,14 @@ def test_a_few_steps_with_best_of_k_bring_draws_nearer_real_drawings(tiny_omnigl
     steps, k = 40, 4
     cfg = from_dict(GANConfig, {**TRAIN_CFG, "lr_generator": 3e-3, "max_steps": steps, "reconstruction_weight": 5.0,
                                 "reconstruction_samples": k}, "generator.gan")
-    held_exemplar, held_real = next(iter(source_pairs(dataset, 16, seed=99)))
+    held_exemplar, held_real = next(iter(source_pairs(dataset, 16, seed=99)))  # [B, C, S, S], [B, 1, C, S, S]
     held_noise = torch.randn(k * 16, NOISE, generator=seeded(1))
 
     def held_ratio(model: DAGANGenerator) -> float:
         model.eval()
         with torch.no_grad():
             drawn = model(held_exemplar.repeat(k, 1, 1, 1), held_noise)
-        copy = multiscale_errors(held_exemplar, held_real, cfg.scales).mean()
+        copy = multiscale_errors(held_exemplar, held_real[:, 0], cfg.scales).mean()
         return float(best_of_k(drawn, held_real, cfg.scales).mean() / copy)
 
     pl.seed_everything(cfg.seed, verbose=False)
@@ -432,3 +441,109 @@ def test_a_few_steps_with_best_of_k_bring_draws_nearer_real_drawings(tiny_omnigl
     after = held_ratio(module.model)
     assert before == pytest.approx(1.0, abs=1e-4), "the untrained generator should copy the exemplar"
     assert after < 0.95 * before, f"best-of-{k} error vs copying: {before:.3f} -> {after:.3f}"
+
+
+# ---------------------------------------------------------------------------- the networks follow the data
+
+
+SIZES, CHANNELS = [28, 32, 48, 64, 84], [1, 3]
+
+
+def colour_drawings(n: int, size: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """Blob drawings [n, channels, size, size]; in RGB each channel is another drawing."""
+    return torch.cat([blobs(n, size, seed + 10 * c) for c in range(channels)], dim=1)
+
+
+def sized_generator(image_size: int, channels: int, seed: int = 0) -> DAGANGenerator:
+    torch.manual_seed(seed)
+    model = DAGANGenerator(image_size, noise_dim=NOISE, widths=WIDTHS, flow_resolution=FLOW, channels=channels)
+    nn.init.normal_(model.to_flow.weight, std=0.3)
+    nn.init.normal_(model.to_flow.bias, std=0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("image_size", SIZES)
+def test_any_size_and_channels_generate_and_critic(image_size: int, channels: int) -> None:
+    model = sized_generator(image_size, channels)
+    x = colour_drawings(2, image_size, channels)
+    with torch.no_grad():
+        out, flow = model(x, noise(2, 0)), model.flow(x, noise(2, 0))
+    assert out.shape == (2, channels, image_size, image_size) and torch.isfinite(out).all()
+    assert flow.shape == (2, image_size, image_size, 2)
+    drawn = model.generate(x, 3, generator=seeded(0))
+    assert drawn.shape == (2, 3, channels, image_size, image_size)
+    assert float(drawn.min()) >= 0 and float(drawn.max()) <= 1
+    critic = PairCritic(image_size, width=8, blur=3, channels=channels).eval()
+    with torch.no_grad():
+        score = critic(x, out)
+    assert score.shape == (2,) and torch.isfinite(score).all()
+
+
+def test_the_warp_moves_every_channel_alike() -> None:
+    """One displacement field per drawing: three equal channels stay equal after the warp."""
+    grey = blobs(2, 32).expand(-1, 3, -1, -1)
+    out = sized_generator(32, 3).generate(grey, 2, generator=seeded(0))
+    assert torch.equal(out[:, :, 0], out[:, :, 1]) and torch.equal(out[:, :, 0], out[:, :, 2])
+
+
+@pytest.mark.parametrize(("image_size", "channels"), [(32, 3), (84, 1)])
+def test_losses_on_a_tiny_batch(image_size: int, channels: int) -> None:
+    """The training step's losses on [B, C, S, S] exemplars and [B, M, C, S, S] targets: finite, with gradients."""
+    b, m, k = 4, 2, 3
+    model, critic = sized_generator(image_size, channels).train(), PairCritic(image_size, 8, 3, channels)
+    exemplar = colour_drawings(b, image_size, channels, 0)
+    targets = torch.stack([colour_drawings(b, image_size, channels, s) for s in (1, 2)], dim=1)
+    fake = model(exemplar.repeat(k, 1, 1, 1), torch.randn(k * b, NOISE, generator=seeded(0)))
+    errors = draw_target_errors(fake, targets, (1, 2))
+    assert errors.shape == (k, m, b)
+    loss = best_of_k(fake, targets, (1, 2)).mean() - critic(exemplar, fake[:b]).mean()
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.to_flow.weight.grad is not None and float(model.to_flow.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(("image_size", "channels"), [(32, 3), (48, 1)])
+def test_training_steps_on_a_tiny_batch(image_size: int, channels: int) -> None:
+    """Two real GANModule steps (critic and generator) on batches as SameClassPairs gives them."""
+    cfg = from_dict(GANConfig, {**TRAIN_CFG, "batch_size": 4, "real_targets": 2, "reconstruction_samples": 2,
+                                "max_steps": 2}, "generator.gan")
+    pl.seed_everything(0, verbose=False)
+    module = GANModule(build(cfg, image_size, channels), cfg)
+    assert module.critic.net[0].in_channels == 2 * channels
+    exemplar = colour_drawings(4, image_size, channels, 0)
+    targets = torch.stack([colour_drawings(4, image_size, channels, s) for s in (1, 2)], dim=1)
+    trainer = pl.Trainer(max_steps=2 * module.optimizer_steps_per_batch, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    trainer.fit(module, torch.utils.data.DataLoader([(exemplar, targets)] * 2, batch_size=None))
+    assert trainer.global_step == 2 * module.optimizer_steps_per_batch
+    for key in ("train/loss_critic", "train/loss_generator", "train/best_of_k_vs_copy"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+def test_rgb_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = sized_generator(32, 3, seed=4)
+    save_generator("gan", model, tmp_path / FILENAME, extra={"steps": 1})
+    loaded, extra = load_generator(tmp_path / FILENAME)
+    assert isinstance(loaded, DAGANGenerator) and loaded.config == model.config and loaded.channels == 3
+    assert extra == {"family": "gan", "steps": 1}
+    x = colour_drawings(2, 32, 3)
+    assert torch.equal(loaded.generate(x, 3, generator=seeded(1)), model.generate(x, 3, generator=seeded(1)))
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_load_at_another_image_size(channels: int, tmp_path: Path) -> None:
+    """Trained at 28, drawn at 32 (or 84): the same weights in a fully convolutional model of the new size."""
+    model = sized_generator(28, channels)
+    save_generator("gan", model, tmp_path / FILENAME)
+    for size in (32, 84):
+        bigger, extra = load_generator(tmp_path, image_size=size)
+        assert isinstance(bigger, DAGANGenerator) and not bigger.training and extra["family"] == "gan"
+        assert bigger.config == {**model.config, "image_size": size}
+        for (name, p), q in zip(bigger.state_dict().items(), model.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+        out = bigger.generate(colour_drawings(2, size, channels), 4, generator=seeded(0))
+        assert out.shape == (2, 4, channels, size, size)
+    with pytest.raises(ValueError, match="image_size=30 must be divisible by 4"):
+        load_generator(tmp_path, image_size=30)

@@ -10,16 +10,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import ClassicAugmentConfig
+from pipeline.checkpoints import FILENAME
+from pipeline.classifiers.fewshot import SiameseClassifier, class_prototypes, embed_all, episode_scores
+from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
 from pipeline.config import ParamsError, from_dict
-from pipeline.data import DRAWERS, OmniglotSet, to_tensor
-from pipeline.episodes import EpisodeError
-from pipeline.evaluation import fixed_support_episodes, prototype_embeddings, synthetic_support
-from pipeline.siamese import SiameseClassifier, SiameseConfig, SiameseNet, embed_all, load_siamese, save_siamese
-from pipeline.synthesis import novel_exemplars
-from pipeline.synthetic import SyntheticSet
-from pipeline.variants import SweepConfig, VariantConfig, training_pools
+from pipeline.data.augment import ClassicAugmentConfig
+from pipeline.data.episodes import EpisodeError, Episodes
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
+from pipeline.data.synthetic import SyntheticSet
+from pipeline.evaluation import fixed_support_episodes, synthetic_support
+from pipeline.generators.synthesis import SweepConfig, novel_exemplars
+from pipeline.variants import VariantConfig, training_pools
 from stages.sweep import reusable
+from tests.drawings import DRAWERS
 from tests.drawings import coded_dataset as make_coded_dataset
 
 
@@ -29,7 +34,7 @@ def _one_thread(single_thread: None) -> None:
 
 
 def metric_net() -> SiameseNet:
-    """Only its kind matters to prototype_embeddings: cosine similarity of unit embeddings."""
+    """Only its kind matters to the prototypes: cosine similarity of unit embeddings."""
     return SiameseNet(16, channels=2, embedding_dim=3)
 
 
@@ -37,46 +42,68 @@ def metric_net() -> SiameseNet:
 
 
 EMBEDDINGS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]])  # [N = 4, D]
+# One episode: exemplar rows 0 and 2 of EMBEDDINGS as the support, rows 1 and 3 as the queries.
+EPISODE = Episodes(support=np.array([[0, 2]]), query=np.array([[1, 3]]))
+
+
+def test_class_prototypes_are_normalised_means() -> None:
+    labels = np.array([7, 2, 7, 2])  # any label values, not in order
+    classes, protos = class_prototypes(metric_net(), EMBEDDINGS, labels)
+    np.testing.assert_array_equal(classes, [2, 7])
+    torch.testing.assert_close(protos[0], torch.tensor([0.6, 1.8, 0.0]) / (0.6**2 + 1.8**2) ** 0.5)
+    torch.testing.assert_close(protos[1], torch.tensor([1.0, 0.0, 1.0]) / 2**0.5)
 
 
 def test_prototype_replaces_the_exemplar_by_its_normalised_mean() -> None:
-    exemplar_idx = np.array([0, 2])  # exemplar rows 0 and 2 of EMBEDDINGS; rows 1 and 3 are other drawings
     synthetic = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    owner = np.array([0, 0, 1])  # row in exemplar_idx: two drawings of exemplar 0, one of exemplar 1
+    owner = np.array([0, 0, 2])  # the image each joins: two drawings of exemplar 0, one of exemplar 2
     before = EMBEDDINGS.clone()
-    out = prototype_embeddings(metric_net(), EMBEDDINGS, exemplar_idx, synthetic, owner)
+    scores = episode_scores(metric_net(), EMBEDDINGS, EPISODE, extra_support=(synthetic, owner))
     # mean([1,0,0], [0,1,0], [0,1,0]) = [1/3, 2/3, 0], unit length again: [1, 2, 0] / sqrt(5)
-    torch.testing.assert_close(out[0], torch.tensor([1.0, 2.0, 0.0]) / 5**0.5)
-    torch.testing.assert_close(out[2], torch.tensor([1.0, 0.0, 1.0]) / 2**0.5)
-    assert torch.equal(out[[1, 3]], EMBEDDINGS[[1, 3]]), "rows that are no exemplar stay as they were"
+    protos = torch.stack([torch.tensor([1.0, 2.0, 0.0]) / 5**0.5, torch.tensor([1.0, 0.0, 1.0]) / 2**0.5])
+    assert scores.shape == (1, 2, 2)
+    np.testing.assert_allclose(scores[0], (EMBEDDINGS[[1, 3]] @ protos.T).numpy(), atol=1e-6)
     assert torch.equal(EMBEDDINGS, before), "the input is not changed in place"
 
 
-def test_prototype_of_copies_or_of_nothing_is_the_exemplar() -> None:
-    exemplar_idx = np.array([3, 1])
-    copies = EMBEDDINGS[[3, 3, 3]]
-    out = prototype_embeddings(metric_net(), EMBEDDINGS, exemplar_idx, copies, np.array([0, 0, 0]))
-    torch.testing.assert_close(out, EMBEDDINGS)  # exemplar 1 (row 1) has no synthetic drawing at all
-    none = prototype_embeddings(metric_net(), EMBEDDINGS, exemplar_idx, torch.empty(0, 3), np.array([], np.int64))
-    torch.testing.assert_close(none, EMBEDDINGS)
+def test_prototype_of_copies_is_the_exemplar() -> None:
+    episode = Episodes(support=np.array([[3, 1]]), query=np.array([[0, 2]]))
+    alone = episode_scores(metric_net(), EMBEDDINGS, episode)
+    copies = EMBEDDINGS[[3, 3, 3]]  # exemplar 1 (row 1) has no synthetic drawing at all
+    joined = episode_scores(metric_net(), EMBEDDINGS, episode, extra_support=(copies, np.array([3, 3, 3])))
+    np.testing.assert_allclose(joined, alone, atol=1e-6)
+
+
+def test_extra_support_of_an_image_outside_the_episode_changes_nothing() -> None:
+    alone = episode_scores(metric_net(), EMBEDDINGS, EPISODE)
+    joined = episode_scores(metric_net(), EMBEDDINGS, EPISODE,
+                            extra_support=(torch.tensor([[0.0, 1.0, 0.0]]), np.array([1])))  # row 1 is a query
+    np.testing.assert_array_equal(joined, alone)
+
+
+def test_prototype_of_nothing_is_the_exemplar() -> None:
+    alone = episode_scores(metric_net(), EMBEDDINGS, EPISODE)
+    none = episode_scores(metric_net(), EMBEDDINGS, EPISODE, extra_support=(torch.empty(0, 3), np.array([], np.int64)))
+    np.testing.assert_array_equal(none, alone)
 
 
 def test_prototype_of_a_bce_net_is_the_plain_mean() -> None:
     """The Koch et al. head compares raw embeddings: the mean is not scaled back to unit length."""
     net = SiameseNet(16, channels=2, embedding_dim=3, loss="bce")
-    out = prototype_embeddings(net, EMBEDDINGS, np.array([0]), torch.tensor([[0.0, 1.0, 0.0]] * 2), np.array([0, 0]))
-    torch.testing.assert_close(out[0], torch.tensor([1 / 3, 2 / 3, 0.0]))
-    assert torch.equal(out[1:], EMBEDDINGS[1:])
+    classes, protos = class_prototypes(net, torch.cat([EMBEDDINGS[:1], torch.tensor([[0.0, 1.0, 0.0]] * 2)]),
+                                       np.array([0, 0, 0]))
+    np.testing.assert_array_equal(classes, [0])
+    torch.testing.assert_close(protos[0], torch.tensor([1 / 3, 2 / 3, 0.0]))
 
 
 # ---------------------------------------------------------------------------- fixed-exemplar episodes
 
 
-def exemplar_of(dataset: OmniglotSet, exemplar_idx: np.ndarray) -> dict[int, int]:
+def exemplar_of(dataset: FewShotSet, exemplar_idx: np.ndarray) -> dict[int, int]:
     return {int(dataset.labels[i]): int(i) for i in exemplar_idx}
 
 
-def test_fixed_support_episodes_use_the_exemplar(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_fixed_support_episodes_use_the_exemplar(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """Every support is its class's given exemplar; every query another drawer's drawing of the same class."""
     dataset, _ = tiny_omniglot
     exemplar_idx = novel_exemplars(dataset, 10, seed=3)
@@ -88,11 +115,11 @@ def test_fixed_support_episodes_use_the_exemplar(tiny_omniglot: tuple[OmniglotSe
     assert all(len(set(row)) == 5 for row in support_class), "five different classes per episode"
     assert all(int(s) == given[int(c)] for s, c in zip(episodes.support.ravel(), support_class.ravel(), strict=True))
     np.testing.assert_array_equal(query_class, support_class)
-    assert (dataset.drawers[episodes.query] != dataset.drawers[episodes.support]).all()
-    assert len(set(dataset.drawers[episodes.query].ravel())) > 5, "the query drawer is drawn, not fixed"
+    assert (dataset.instances[episodes.query] != dataset.instances[episodes.support]).all()
+    assert len(set(dataset.instances[episodes.query].ravel())) > 5, "the query drawer is drawn, not fixed"
 
 
-def test_fixed_support_episodes_are_seeded(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_fixed_support_episodes_are_seeded(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     exemplar_idx = novel_exemplars(dataset, None, seed=0)
     first = fixed_support_episodes(dataset, exemplar_idx, 5, 20, seed=1)
@@ -103,7 +130,7 @@ def test_fixed_support_episodes_are_seeded(tiny_omniglot: tuple[OmniglotSet, dic
     assert not np.array_equal(first.query, other.query)
 
 
-def test_fixed_support_episodes_refuse_too_many_ways(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_fixed_support_episodes_refuse_too_many_ways(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     exemplar_idx = novel_exemplars(dataset, 6, seed=0)
     with pytest.raises(EpisodeError, match=r"7-way episodes with a fixed novel-class exemplar as support: n_way=7 "
@@ -114,7 +141,7 @@ def test_fixed_support_episodes_refuse_too_many_ways(tiny_omniglot: tuple[Omnigl
 # ---------------------------------------------------------------------------- synthetic support
 
 
-def test_copies_of_the_exemplars_change_no_episode(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_copies_of_the_exemplars_change_no_episode(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """Synthetic drawings that are exact copies leave each prototype at its exemplar: delta 0, paired CI 0."""
     dataset, _ = tiny_omniglot
     torch.manual_seed(0)
@@ -134,7 +161,7 @@ def test_copies_of_the_exemplars_change_no_episode(tiny_omniglot: tuple[Omniglot
     assert m["delta_5way_fixed_prototype_vs_exemplar_ci95"] == 0.0
 
 
-def test_other_classes_drawings_move_the_prototypes(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_other_classes_drawings_move_the_prototypes(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """Drawings of the wrong class, five per exemplar, pull each prototype away from its class: accuracy falls."""
     dataset, _ = tiny_omniglot
     torch.manual_seed(0)
@@ -152,17 +179,17 @@ def test_other_classes_drawings_move_the_prototypes(tiny_omniglot: tuple[Omniglo
 # ---------------------------------------------------------------------------- novel exemplars
 
 
-def test_novel_exemplars_one_per_novel_class(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_novel_exemplars_one_per_novel_class(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     novel = dataset.classes("novel")
     idx = novel_exemplars(dataset, None, seed=0)
     assert idx.dtype == np.int64
     np.testing.assert_array_equal(dataset.labels[idx], novel)  # one each, in class order
     np.testing.assert_array_equal(novel_exemplars(dataset, len(novel) + 5, seed=0), idx)  # more than held: all
-    assert len(set(dataset.drawers[idx])) > 1, "the drawer of each exemplar is drawn, not fixed"
+    assert len(set(dataset.instances[idx])) > 1, "the drawer of each exemplar is drawn, not fixed"
 
 
-def test_novel_exemplars_of_some_classes(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_novel_exemplars_of_some_classes(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     idx = novel_exemplars(dataset, 7, seed=0)
     classes = dataset.labels[idx]
@@ -182,21 +209,21 @@ SIZE = 4
 
 
 @pytest.fixture
-def coded_dataset() -> OmniglotSet:
+def coded_dataset() -> FewShotSet:
     return make_coded_dataset(ROLES, EXEMPLAR_DRAWER, SIZE)
 
 
 def drawn_set(per_class: int = 4, generator: str = "gan") -> SyntheticSet:
     """`per_class` drawings of each training class, drawn in rounds (classes 1, 3, 4, 1, 3, 4, ...); value 150 + k."""
     labels = np.tile(TRAIN, per_class)
-    images = np.stack([np.full((SIZE, SIZE), 150 + k, np.uint8) for k in range(len(labels))])
+    images = np.stack([np.full((1, SIZE, SIZE), 150 + k, np.uint8) for k in range(len(labels))])
     return SyntheticSet(images=images, labels=labels, generator=generator)
 
 
 def values(pool: np.ndarray) -> list[int]:
-    """The code of each image in a pool (each image is constant)."""
-    assert (pool == pool[:, :1, :1]).all()
-    return pool[:, 0, 0].astype(int).tolist()
+    """The code of each image [C, S, S] in a pool (each image is constant)."""
+    assert (pool == pool[:, :1, :1, :1]).all()
+    return pool[:, 0, 0, 0].astype(int).tolist()
 
 
 def test_for_class_takes_the_first_n_in_drawing_order() -> None:
@@ -204,8 +231,8 @@ def test_for_class_takes_the_first_n_in_drawing_order() -> None:
     assert values(synthetic.for_class(3)) == [151, 154, 157, 160]
     assert values(synthetic.for_class(3, 2)) == [151, 154]
     assert values(synthetic.for_class(3, 4)) == [151, 154, 157, 160]
-    assert synthetic.for_class(3, 0).shape == (0, SIZE, SIZE)
-    assert synthetic.for_class(2).shape == (0, SIZE, SIZE), "a class never drawn has no drawings"
+    assert synthetic.for_class(3, 0).shape == (0, 1, SIZE, SIZE)
+    assert synthetic.for_class(2).shape == (0, 1, SIZE, SIZE), "a class never drawn has no drawings"
 
 
 def test_for_class_refuses_more_than_were_drawn() -> None:
@@ -224,12 +251,13 @@ def test_the_set_records_how_many_drawings_the_variants_train_on(tmp_path: Path)
 
 def test_the_empty_set_gives_nothing_for_any_count() -> None:
     """The real-only variants read the empty 'none' set whatever n_per_exemplar is."""
-    empty = SyntheticSet(images=np.empty((0, SIZE, SIZE), np.uint8), labels=np.empty(0, np.int64), generator="none")
-    assert empty.for_class(1, 20).shape == (0, SIZE, SIZE)
+    empty = SyntheticSet(images=np.empty((0, 1, SIZE, SIZE), np.uint8), labels=np.empty(0, np.int64),
+                         generator="none")
+    assert empty.for_class(1, 20).shape == (0, 1, SIZE, SIZE)
 
 
 @pytest.mark.parametrize("k", [0, 1, 3])
-def test_pools_hold_the_exemplar_then_k_synthetic_drawings(coded_dataset: OmniglotSet, k: int) -> None:
+def test_pools_hold_the_exemplar_then_k_synthetic_drawings(coded_dataset: FewShotSet, k: int) -> None:
     synthetic = drawn_set()
     variant = VariantConfig(real_per_class=1, synthetic="gan")
     pools = training_pools(coded_dataset, variant, synthetic, n_synthetic=k)
@@ -242,7 +270,7 @@ def test_pools_hold_the_exemplar_then_k_synthetic_drawings(coded_dataset: Omnigl
         assert codes == values(whole)[: 1 + k], "the sweep's sets are prefixes of the full set"
 
 
-def test_pools_refuse_more_synthetic_drawings_than_drawn(coded_dataset: OmniglotSet) -> None:
+def test_pools_refuse_more_synthetic_drawings_than_drawn(coded_dataset: FewShotSet) -> None:
     with pytest.raises(ValueError, match="5 synthetic drawings of class 1 were asked for"):
         training_pools(coded_dataset, VariantConfig(synthetic="gan"), drawn_set(), n_synthetic=5)
 
@@ -269,7 +297,7 @@ AUGMENT = ClassicAugmentConfig()
 def classifier_ckpt(variant: VariantConfig, synthetic_per_class: int = 0, siamese: SiameseConfig = SIAMESE,
                     augment: ClassicAugmentConfig = AUGMENT) -> dict:
     """What train_classifier writes beside the weights (see stages/train_classifier.py)."""
-    return {"kind": "siamese", "variant_config": dataclasses.asdict(variant),
+    return {"variant": "x", "variant_config": dataclasses.asdict(variant),
             "siamese_config": dataclasses.asdict(siamese), "augment_config": dataclasses.asdict(augment),
             "images_per_class": [variant.real_per_class + synthetic_per_class] * 3}
 
@@ -280,11 +308,10 @@ GAN = VariantConfig(real_per_class=1, classic=True, synthetic="gan")
 
 def test_reusable_reads_a_saved_classifier(tmp_path: Path) -> None:
     """A checkpoint as written and read back: the generator's variant counts its synthetic drawings."""
-    path = tmp_path / "model.pt"
-    extra = {k: v for k, v in classifier_ckpt(GAN, 20).items() if k != "kind"}
-    save_siamese(SiameseNet(16, channels=2, embedding_dim=2), str(path), extra=extra)
-    _, ckpt = load_siamese(str(path))
-    assert reusable(ckpt, "gan", SIAMESE, AUGMENT) == 20
+    save_siamese(SiameseNet(16, channels=2, embedding_dim=2), tmp_path / FILENAME, extra=classifier_ckpt(GAN, 20))
+    _, extra = load_siamese(tmp_path)  # the model folder, as the sweep stage reads it
+    assert extra == classifier_ckpt(GAN, 20)
+    assert reusable(extra, "gan", SIAMESE, AUGMENT) == 20
 
 
 @pytest.mark.parametrize(
@@ -307,18 +334,20 @@ def test_reusable_only_for_the_same_settings(ckpt: dict, expected: int | None) -
 
 def test_reusable_ignores_a_checkpoint_without_variant_settings() -> None:
     """A classifier from an older pipeline carries no variant or configs: it is trained again, not guessed at."""
-    assert reusable({"kind": "siamese", "images_per_class": [1, 1]}, "gan", SIAMESE, AUGMENT) is None
+    assert reusable({"images_per_class": [1, 1]}, "gan", SIAMESE, AUGMENT) is None
 
 
-def test_prototype_embeddings_agree_with_the_classifier_prototypes() -> None:
+def test_episode_prototypes_agree_with_the_classifier_prototypes() -> None:
     """The evaluation's prototype is the one SiameseClassifier.process_support makes from the same drawings."""
     torch.manual_seed(0)
     net = SiameseNet(16, channels=2, embedding_dim=4).eval()
-    images = torch.rand(3, 1, 16, 16)  # an exemplar and two synthetic drawings of one class
-    classifier = SiameseClassifier(net)
-    classifier.process_support(images, np.zeros(3, np.int64))
+    images = torch.rand(6, 1, 16, 16)  # exemplars 0 and 1, queries 2 and 3, two synthetic drawings of exemplar 0
     emb = embed_all(net, images)
-    out = prototype_embeddings(net, emb[:1], np.array([0]), emb[1:], np.array([0, 0]))
+    episode = Episodes(support=np.array([[0, 1]]), query=np.array([[2, 3]]))
+    scores = episode_scores(net, emb[:4], episode, extra_support=(emb[4:], np.array([0, 0])))
+    classifier = SiameseClassifier(net)
+    classifier.process_support(images[[0, 4, 5, 1]], np.array([0, 0, 0, 1]))
     assert classifier.support_embeddings is not None
-    torch.testing.assert_close(out, classifier.support_embeddings, atol=1e-6, rtol=0)
-    torch.testing.assert_close(out[0], F.normalize(emb.mean(0), dim=0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(classifier.support_embeddings[0], F.normalize(emb[[0, 4, 5]].mean(0), dim=0),
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(scores[0], classifier.scores(images[2:4]).numpy(), atol=1e-5)

@@ -20,12 +20,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import inference
+from pipeline.classifiers.fewshot import embed_all, episode_scores
+from pipeline.classifiers.network import load_siamese
 from pipeline.config import load_params, section
-from pipeline.data import ClassInfo, OmniglotSet, list_zip, to_tensor
-from pipeline.episodes import Episodes
+from pipeline.data.episodes import Episodes
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
+from pipeline.data.omniglot import ClassInfo, list_zip
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.profile import make_workspace
-from pipeline.siamese import embed_all, episode_scores, load_siamese
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,7 +84,7 @@ def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str,
         "both generators are measured on the same novel exemplars in the same reference embedding"
     for picture in ("samples_vae.png", "samples_gan.png", "curves.png", "accuracy.png", "sweep.png"):
         assert (workspace / "reports" / picture).stat().st_size > 1000
-    assert (workspace / "models" / "reference" / "model.pt").is_file()
+    assert (workspace / "models" / "reference" / "model.safetensors").is_file()
     for table in ("curves.csv", "accuracy.csv"):
         assert (workspace / "reports" / "plots" / table).stat().st_size > 100
 
@@ -190,18 +193,17 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(smoke_run: tuple
     assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
 
 
-def novel_png(archive: zipfile.ZipFile, members: dict[ClassInfo, list[str]], dataset: OmniglotSet, image: int) -> bytes:
+def novel_png(archive: zipfile.ZipFile, members: dict[ClassInfo, list[str]], dataset: FewShotSet, image: int) -> bytes:
     """The original PNG file of one prepared novel-class drawing."""
-    c = dataset.labels[image]
-    info = ClassInfo(str(dataset.class_alphabet[c]), str(dataset.class_character[c]), "images_evaluation")
-    return archive.read(members[info][dataset.drawers[image]])
+    alphabet, character = str(dataset.class_names[dataset.labels[image]]).split("/")
+    info = ClassInfo(alphabet, character, "images_evaluation")
+    return archive.read(members[info][dataset.instances[image]])
 
 
-def write_episode(folder: Path, episode: int, episodes: Episodes, dataset: OmniglotSet, archive: zipfile.ZipFile,
+def write_episode(folder: Path, episode: int, episodes: Episodes, dataset: FewShotSet, archive: zipfile.ZipFile,
                   members: dict[ClassInfo, list[str]]) -> tuple[Path, list[Path], list[str]]:
     """An episode as a user has it: support/<class>.png (one file per class), queries/NN.png; the true classes."""
-    names = [f"{dataset.class_alphabet[c]}_{dataset.class_character[c]}"
-             for c in dataset.labels[episodes.support[episode]]]
+    names = [str(dataset.class_names[c]).replace("/", "_") for c in dataset.labels[episodes.support[episode]]]
     (folder / "support").mkdir(parents=True)
     (folder / "queries").mkdir()
     for name, image in zip(names, episodes.support[episode], strict=True):
@@ -218,11 +220,11 @@ def test_predict_on_novel_drawings_equals_the_evaluation(smoke_run: tuple[Path, 
     """The `vae` model's predictions from image files, through the API and the command, are the evaluation's:
     the same episodes (support and queries of the evaluation split), the same accuracy, query by query."""
     workspace, env = smoke_run
-    dataset = OmniglotSet.load(workspace / "data" / "prepared" / "omniglot.npz")
+    dataset = FewShotSet.load(workspace / "data" / "prepared" / "dataset.npz")
     cfg = section(load_params(workspace / "params.yaml"), EvaluationConfig, "evaluation")
     episodes = build_episodes(dataset, cfg)[cfg.headline]
-    model_path = workspace / "models" / "classifiers" / "vae" / "model.pt"
-    net, _ = load_siamese(str(model_path))
+    model_path = workspace / "models" / "classifiers" / "vae"
+    net, _ = load_siamese(model_path)
     embeddings = embed_all(net, to_tensor(dataset.images))
     expected = per_episode_accuracy(net, embeddings, {cfg.headline: episodes})[cfg.headline]
     expected_choice = episode_scores(net, embeddings, episodes).argmax(-1)  # [E, N] support column of each query
@@ -234,8 +236,8 @@ def test_predict_on_novel_drawings_equals_the_evaluation(smoke_run: tuple[Path, 
         folders = [write_episode(tmp_path / f"episode{e:03d}", e, episodes, dataset, archive, members)
                    for e in range(len(episodes))]
     for e, (support, queries, names) in enumerate(folders):
-        bank = inference.enroll(model, inference.read_support(support, model.image_size))
-        predicted = inference.predict(model, bank, inference.read_images(queries, model.image_size)).classes[:, 0]
+        bank = inference.enroll(model, inference.read_support(support, model.spec))
+        predicted = inference.predict(model, bank, inference.read_images(queries, model.spec)).classes[:, 0]
         assert list(predicted) == [names[j] for j in expected_choice[e]], f"episode {e}"
         accuracy[e] = np.mean(predicted == np.asarray(names))
     np.testing.assert_array_equal(accuracy, expected)
@@ -256,7 +258,7 @@ def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run:
                                                                       tmp_path: Path, omniglot_zips: dict[str, Path],
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     workspace, env = smoke_run
-    _, ckpt = load_siamese(str(workspace / "models" / "classifiers" / "vae" / "model.pt"))
+    _, ckpt = load_siamese(workspace / "models" / "classifiers" / "vae")
     verify = ckpt["verify"]
     assert verify["target"] == "eer" and verify["n_pairs"] == 2 * 2000
     assert abs(verify["far"] - verify["frr"]) < 0.01 and 0 < verify["far"] < 0.5
@@ -270,7 +272,7 @@ def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run:
 
     # From the pipeline's MLflow store (the workspace's mlflow.db): the same weights and threshold as model.pt.
     uri = f"runs:/{child.info.run_id}/model"
-    model = inference.load_model(workspace / "models" / "classifiers" / "vae" / "model.pt")
+    model = inference.load_model(workspace / "models" / "classifiers" / "vae" / "model.safetensors")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
     logged = inference.load_model(uri)
     assert logged.identity == model.identity and logged.verify == model.verify
@@ -283,3 +285,52 @@ def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run:
                 str(tmp_path / "b.png")], workspace, env)
     (row,) = list(csv.DictReader(io.StringIO(done.stdout)))
     assert float(row["threshold"]) == pytest.approx(verify["threshold"], abs=1e-6) and row["target"] == "eer"
+
+
+# ---------------------------------------------------------------------------- the user's own data: kanji
+
+
+KANJI_SETTINGS = ["data.source=folder", "data.subdir=kanji", "data.image_size=32", "data.roles.source=12",
+                  "data.roles.train=4", "data.max_classes_per_group=20", "tracking.experiment=kanji-oneshot-smoke"]
+
+
+@pytest.fixture(scope="module")
+def kanji_exp(smoke_run: tuple[Path, dict[str, str]], kanji_zip: Path) -> dict:
+    """The quick profile switched to the kanji zip by params alone, as a user does: `dvc exp run -S ...`."""
+    workspace, env = smoke_run
+    dvc_yaml = (workspace / "dvc.yaml").read_bytes()
+    settings = [f"data.path={kanji_zip}", *KANJI_SETTINGS]
+    run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "kanji", *(a for s in settings for a in ("-S", s))],
+        workspace, env)
+    assert (workspace / "dvc.yaml").read_bytes() == dvc_yaml, "switching the dataset changes no line of dvc.yaml"
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], workspace, env).stdout)
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for revision in exp.get("revs", []):
+                if revision.get("name") == "kanji":
+                    return revision
+    raise AssertionError(f"experiment `kanji` not in dvc exp show: {json.dumps(shown)[:2000]}")
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_switches_the_pipeline_to_a_class_folder_zip(kanji_exp: dict, smoke_run: tuple[Path, dict],
+                                                                  tmp_path: Path) -> None:
+    workspace, env = smoke_run
+    data = kanji_exp["data"]
+    params = data["params"]["params.yaml"]["data"]
+    assert params["source"] == "folder" and params["image_size"] == 32
+    metrics = data["metrics"]["reports/metrics.json"]["data"]
+    assert list(metrics) == ["baseline", "classic", "vae", "gan", "oracle"]
+    for variant, m in metrics.items():
+        assert 0.05 < m["acc_20way"] <= 1.0, (variant, m["acc_20way"])  # chance is 1/20
+    assert metrics["classic"]["delta_20way_vs_baseline"] > 0.05, "classic transforms help on printed kanji too"
+    # The same run, gated against the committed quick-profile reference of the kanji data.
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    result = subprocess.run([sys.executable, "-m", "stages.gate", "--profile", "kanji-smoke", "--metrics",
+                             str(tmp_path / "metrics.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kanji-oneshot-smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.dvc_exp = 'kanji' and tags.kind = 'variant'")
+    assert {r.data.tags["variant"] for r in runs} == set(metrics)

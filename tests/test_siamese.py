@@ -1,4 +1,5 @@
-"""Siamese network: shapes, seeding, checkpoints, config errors, pair batches, overfitting, the few-shot API."""
+"""Siamese network: shapes, seeding, checkpoints, config errors, pair batches, overfitting, the few-shot API,
+and networks that follow the data (any image size from 28 to 84, grayscale or RGB)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,19 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from safetensors.torch import save_file
 
-from pipeline.augment import ClassicAugmentConfig, classic_transform
-from pipeline.config import ParamsError, from_dict
-from pipeline.data import to_tensor
+from pipeline.checkpoints import FILENAME, CheckpointError, save_checkpoint
+from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
+from pipeline.classifiers.module import LOSSES, SiameseConfig, SiameseModule
+from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
+from pipeline.classifiers.training import fit_siamese
+from pipeline.config import ParamsError, TrainerConfig, from_dict
+from pipeline.data.augment import ClassicAugmentConfig, classic_transform
+from pipeline.data.batches import PairBatches, apply_transform
+from pipeline.data.images import to_tensor
 from pipeline.generators import save_generator
 from pipeline.generators.vae import ExemplarVAE
-from pipeline.siamese import (
-    LOSSES,
-    PairBatches,
-    SiameseClassifier,
-    SiameseConfig,
-    SiameseModule,
-    SiameseNet,
-    load_siamese,
-    save_siamese,
-)
 
 SIZE = 28
 
@@ -34,15 +32,15 @@ def _one_thread(single_thread: None) -> None:
     """Tiny networks: see conftest.single_thread."""
 
 
-def tiny_net(loss: str, seed: int = 0, image_size: int = SIZE) -> SiameseNet:
+def tiny_net(loss: str, seed: int = 0, image_size: int = SIZE, in_channels: int = 1) -> SiameseNet:
     torch.manual_seed(seed)
-    return SiameseNet(image_size, channels=8, embedding_dim=16, loss=loss).eval()
+    return SiameseNet(image_size, channels=8, embedding_dim=16, loss=loss, in_channels=in_channels).eval()
 
 
-def random_images(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
-    """Binary images [n, 1, size, size] in 0..1, fixed by the seed."""
+def random_images(n: int, seed: int, size: int = SIZE, channels: int = 1) -> torch.Tensor:
+    """Binary images [n, channels, size, size] in 0..1, fixed by the seed."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 1, size, size, generator=g) < 0.3).float()
+    return (torch.rand(n, channels, size, size, generator=g) < 0.3).float()
 
 
 # ---------------------------------------------------------------------------- the network
@@ -112,12 +110,12 @@ def test_same_seed_same_weights_and_outputs(loss: str) -> None:
 def test_save_load_round_trip(loss: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = SiameseNet(32, channels=4, embedding_dim=8, loss=loss).eval()
-    path = tmp_path / "siamese.pt"
-    save_siamese(net, str(path), extra={"variant": "classic"})
+    path = tmp_path / FILENAME
+    save_siamese(net, path, extra={"variant": "classic"})
 
-    loaded, ckpt = load_siamese(str(path))  # nothing but the file: the config comes with it
-    assert loaded.config == {"image_size": 32, "channels": 4, "embedding_dim": 8, "loss": loss}
-    assert ckpt["variant"] == "classic"
+    loaded, extra = load_siamese(path)  # nothing but the file: the config comes with it
+    assert loaded.config == {"image_size": 32, "channels": 4, "embedding_dim": 8, "loss": loss, "in_channels": 1}
+    assert extra == {"variant": "classic"}  # what the stage saved, nothing else
     assert not loaded.training
     x, y = random_images(3, seed=1, size=32), random_images(3, seed=2, size=32)
     with torch.no_grad():
@@ -125,30 +123,62 @@ def test_save_load_round_trip(loss: str, tmp_path: Path) -> None:
         assert torch.equal(loaded.embed(x), net.embed(x))
 
 
-def test_load_siamese_refuses_a_plain_dict(tmp_path: Path) -> None:
-    path = tmp_path / "weights.pt"
-    torch.save({"state_dict": tiny_net("contrastive").state_dict()}, path)
-    with pytest.raises(ValueError, match=r"weights\.pt: not a Siamese checkpoint"):
-        load_siamese(str(path))
+def test_load_siamese_takes_the_model_folder(tmp_path: Path) -> None:
+    net = tiny_net("contrastive")
+    save_siamese(net, tmp_path / FILENAME, extra={"variant": "vae"})
+    loaded, extra = load_siamese(tmp_path)
+    assert extra == {"variant": "vae"}
+    x = random_images(2, seed=0)
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(x), net.embed(x))
+
+
+def test_load_siamese_refuses_a_plain_safetensors_file(tmp_path: Path) -> None:
+    """Weights alone (no kind, no config) are not a checkpoint of this pipeline."""
+    path = tmp_path / "weights.safetensors"
+    save_file(tiny_net("contrastive").state_dict(), str(path))
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors: not a siamese checkpoint"):
+        load_siamese(path)
 
 
 def test_load_siamese_refuses_a_generator_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "generator.pt"
+    path = tmp_path / "generator.safetensors"
     save_generator("vae", ExemplarVAE(16, latent_dim=2, widths=(8, 16)), path)
-    with pytest.raises(ValueError, match=r"generator\.pt: not a Siamese checkpoint"):
-        load_siamese(str(path))
+    with pytest.raises(CheckpointError, match=r"generator\.safetensors: a 'generator' checkpoint, not a siamese"):
+        load_siamese(path)
 
 
-def test_load_siamese_refuses_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "model.pt"
-    path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match=r"model\.pt: not a Siamese checkpoint"):
-        load_siamese(str(path))
+@pytest.mark.parametrize("content", ["pickle", "bytes"])
+def test_load_siamese_refuses_a_file_that_is_no_checkpoint(content: str, tmp_path: Path) -> None:
+    """A torch pickle or random bytes named model.safetensors: refused, naming the file (no code is run)."""
+    path = tmp_path / FILENAME
+    if content == "pickle":
+        torch.save({"kind": "siamese", "state_dict": tiny_net("contrastive").state_dict()}, path)
+    else:
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a siamese checkpoint"):
+        load_siamese(path)
+
+
+def test_load_siamese_refuses_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
+    """A checkpoint whose config builds another network than its weights: refused, naming the file."""
+    path = tmp_path / FILENAME
+    net = tiny_net("contrastive")
+    net.config = {**net.config, "channels": 16}  # the metadata claims 16 channels, the weights have 8
+    save_checkpoint(net, path, "siamese")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: its weights do not fit SiameseNet"):
+        load_siamese(path)
+
+
+def test_checkpoint_errors_are_value_errors() -> None:
+    assert issubclass(CheckpointError, ValueError)
 
 
 def test_load_siamese_names_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"absent\.pt: no such model file"):
-        load_siamese(str(tmp_path / "absent.pt"))
+    with pytest.raises(CheckpointError, match=r"absent\.safetensors: no such model file"):
+        load_siamese(tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: no such model file"):
+        load_siamese(tmp_path)  # a folder without a model
 
 
 # ---------------------------------------------------------------------------- config
@@ -181,14 +211,15 @@ def test_batch_classes_at_least_two(batch_classes: int) -> None:
 # ---------------------------------------------------------------------------- pair batches
 
 
-def coded_pools(sizes: list[int], size: int = 8) -> list[np.ndarray]:
-    """Pool c holds sizes[c] constant images; drawing j of class c has the value 50 c + 10 j + 5."""
-    return [np.stack([np.full((size, size), 50 * c + 10 * j + 5, np.uint8) for j in range(n)])
+def coded_pools(sizes: list[int], size: int = 8, channels: int = 1) -> list[np.ndarray]:
+    """Pool c holds sizes[c] constant images [channels, size, size]; drawing j of class c has the value
+    50 c + 10 j + 5."""
+    return [np.stack([np.full((channels, size, size), 50 * c + 10 * j + 5, np.uint8) for j in range(n)])
             for c, n in enumerate(sizes)]
 
 
 def decode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """[P, 1, S, S] of coded constant images -> (class [P], drawing [P])."""
+    """[P, C, S, S] of coded constant images -> (class [P], drawing [P])."""
     values = (x * 255).round().to(torch.int64)
     assert torch.equal(values, values[:, :, :1, :1].expand_as(values)), "an image is not constant"
     v = values[:, 0, 0, 0].numpy()
@@ -199,11 +230,13 @@ def batches(dataset: PairBatches, n: int) -> list[tuple[torch.Tensor, torch.Tens
     return list(islice(iter(dataset), n))
 
 
-def test_pair_batches_shapes_and_range() -> None:
-    x1, x2 = next(iter(PairBatches(coded_pools([3, 3, 3, 3]), batch_classes=3, seed=0)))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pair_batches_shapes_and_range(channels: int) -> None:
+    x1, x2 = next(iter(PairBatches(coded_pools([3, 3, 3, 3], channels=channels), batch_classes=3, seed=0)))
     for x in (x1, x2):
-        assert x.shape == (3, 1, 8, 8) and x.dtype == torch.float32
+        assert x.shape == (3, channels, 8, 8) and x.dtype == torch.float32
         assert float(x.min()) >= 0 and float(x.max()) <= 1
+        decode(x)  # every channel of an image carries its code
 
 
 def test_pair_rows_share_a_class_with_distinct_drawings() -> None:
@@ -242,30 +275,44 @@ def test_batch_classes_larger_than_the_classes_is_refused() -> None:
 
 
 def test_an_empty_pool_is_refused() -> None:
-    pools = [*coded_pools([2, 2]), np.empty((0, 8, 8), np.uint8)]
+    pools = [*coded_pools([2, 2]), np.empty((0, 1, 8, 8), np.uint8)]
     with pytest.raises(ValueError, match="no images"):
         PairBatches(pools, batch_classes=2, seed=0)
 
 
-def stroke_pools(n_classes: int = 4) -> list[np.ndarray]:
-    """Two drawings per class of a bar-and-blob shape, away from the border."""
+def stroke_pools(n_classes: int = 4, channels: int = 1) -> list[np.ndarray]:
+    """Two drawings [channels, S, S] per class of a bar-and-blob shape, away from the border."""
     pools = []
     for c in range(n_classes):
-        img = np.zeros((SIZE, SIZE), np.uint8)
-        img[6:22, 12 + c % 3: 15 + c % 3] = 255
-        img[8 + c: 12 + c, 6:22] = 255
-        pools.append(np.stack([img, np.roll(img, 1, axis=1)]))
+        img = np.zeros((channels, SIZE, SIZE), np.uint8)
+        img[:, 6:22, 12 + c % 3: 15 + c % 3] = 255
+        img[:, 8 + c: 12 + c, 6:22] = 255
+        pools.append(np.stack([img, np.roll(img, 1, axis=2)]))
     return pools
 
 
 def test_classic_transform_changes_images_and_is_seeded() -> None:
     cfg = ClassicAugmentConfig()
-    image = stroke_pools()[0][0]
+    image = stroke_pools()[0][0][0]  # albumentations' own layout: [S, S]
     out = classic_transform(cfg, seed=3)(image=image)["image"]
     assert out.shape == image.shape and out.dtype == np.uint8
     assert not np.array_equal(out, image)
     np.testing.assert_array_equal(classic_transform(cfg, seed=3)(image=image)["image"], out)
     assert not np.array_equal(classic_transform(cfg, seed=4)(image=image)["image"], out)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_apply_transform_keeps_the_channels_first_layout(channels: int) -> None:
+    """[C, S, S] in, [C, S, S] out; RGB channels move together (one transform for the whole image)."""
+    image = stroke_pools(channels=channels)[0][0]
+    out = apply_transform(classic_transform(ClassicAugmentConfig(), seed=3), image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, image)
+    if channels == 3:
+        assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
+    else:
+        plain = classic_transform(ClassicAugmentConfig(), seed=3)(image=image[0])["image"]
+        np.testing.assert_array_equal(out[0], plain)
 
 
 def test_pair_batches_augment_reproducibly() -> None:
@@ -293,9 +340,9 @@ N_CLASSES, STEPS = 8, 60
 
 
 def noisy_pools() -> list[np.ndarray]:
-    """8 classes of fixed random binary 28 x 28 images, two noisy copies each."""
+    """8 classes of fixed random binary 1 x 28 x 28 images, two noisy copies each."""
     rng = np.random.default_rng(0)
-    base = (rng.random((N_CLASSES, SIZE, SIZE)) < 0.3).astype(np.uint8) * 255
+    base = (rng.random((N_CLASSES, 1, SIZE, SIZE)) < 0.3).astype(np.uint8) * 255
     pools = []
     for image in base:
         copies = []
@@ -365,3 +412,77 @@ def test_classifier_needs_a_support_set_first() -> None:
         classifier.scores(random_images(2, seed=0))
     with pytest.raises(RuntimeError, match="process_support"):
         classifier.predict(random_images(2, seed=0))
+
+
+# ---------------------------------------------------------------------------- the network follows the data
+
+
+SIZES, CHANNELS = [28, 32, 48, 64, 84], [1, 3]
+
+
+@pytest.mark.parametrize("in_channels", CHANNELS)
+@pytest.mark.parametrize("image_size", SIZES)
+def test_any_size_and_channels_embed(image_size: int, in_channels: int) -> None:
+    """[B, C, S, S] for S in 28..84 and C = 1 or 3 -> embeddings [B, D]; the pairwise score [B]."""
+    net = tiny_net("contrastive", image_size=image_size, in_channels=in_channels)
+    assert net.config["in_channels"] == in_channels and net.image_size == image_size
+    a = random_images(3, seed=1, size=image_size, channels=in_channels)
+    b = random_images(3, seed=2, size=image_size, channels=in_channels)
+    with torch.no_grad():
+        e = net.embed(a)
+        assert e.shape == (3, 16) and torch.isfinite(e).all()
+        assert net(a, b).shape == (3,)
+    assert embed_all(net, a, batch_size=2).shape == (3, 16)
+
+
+@pytest.mark.parametrize("image_size", [32, 84])
+def test_rgb_bce_net_scores_pairs(image_size: int) -> None:
+    net = tiny_net("bce", image_size=image_size, in_channels=3)
+    a, b = (random_images(2, seed=s, size=image_size, channels=3) for s in (1, 2))
+    with torch.no_grad():
+        assert net.similarity(net.embed(a), net.embed(b)).shape == (2, 2)
+
+
+def test_a_grayscale_net_refuses_rgb_images() -> None:
+    with pytest.raises(RuntimeError):
+        tiny_net("contrastive", image_size=32)(random_images(2, 0, 32, 3), random_images(2, 1, 32, 3))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize(("image_size", "in_channels"), [(28, 3), (48, 1), (84, 3)])
+def test_training_step_on_a_tiny_batch(loss: str, image_size: int, in_channels: int) -> None:
+    """One loss and backward pass through the network, for each loss, at other sizes and channels."""
+    cfg = SiameseConfig(loss=loss, channels=8, embedding_dim=16, batch_classes=3)
+    net = tiny_net(loss, image_size=image_size, in_channels=in_channels).train()
+    module = SiameseModule(net, cfg)
+    x1, x2 = (random_images(3, seed=s, size=image_size, channels=in_channels) for s in (1, 2))
+    loss_value = module.training_step((x1, x2), 0)
+    assert loss_value.shape == () and torch.isfinite(loss_value)
+    loss_value.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+def test_rgb_checkpoint_round_trip(tmp_path: Path) -> None:
+    """An RGB 32-px network saved and loaded gives the same embeddings and scores; extra comes back as saved."""
+    net = tiny_net("bce", seed=5, image_size=32, in_channels=3)
+    extra = {"variant": "gan", "image_spec": {"size": 32, "channels": 3, "invert": False}}
+    save_siamese(net, tmp_path / FILENAME, extra=extra)
+    loaded, got = load_siamese(tmp_path / FILENAME)
+    assert got == extra
+    assert loaded.config == net.config and loaded.config["in_channels"] == 3
+    x, y = random_images(4, seed=1, size=32, channels=3), random_images(4, seed=2, size=32, channels=3)
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(x), net.embed(x))
+        assert torch.equal(loaded(x, y), net(x, y))
+
+
+def test_fit_siamese_takes_the_pools_channels_and_size() -> None:
+    """fit_siamese builds the network for its pools: RGB 32 x 32 pools give an RGB 32-px network."""
+    rng = np.random.default_rng(0)
+    pools = [(rng.random((2, 3, 32, 32)) < 0.3).astype(np.uint8) * 255 for _ in range(4)]
+    cfg = SiameseConfig(channels=8, embedding_dim=16, batch_classes=4, max_steps=2)
+    trainer_cfg = TrainerConfig(precision="32-true", channels_last=False)
+    net = fit_siamese(pools, cfg, trainer_cfg, [])
+    assert net.config["in_channels"] == 3 and net.image_size == 32
+    with torch.no_grad():
+        assert net.eval().embed(to_tensor(pools[0])).shape == (2, 16)

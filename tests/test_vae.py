@@ -1,4 +1,5 @@
-"""Exemplar VAE, the generator registry, synthesis and same-class pairs."""
+"""Exemplar VAE, the generator registry, synthesis and same-class pairs; generators that follow the data
+(any image size from 28 to 84, grayscale or RGB)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from pipeline.checkpoints import FILENAME, CheckpointError, read_checkpoint
+from pipeline.classifiers.network import SiameseNet, save_siamese
 from pipeline.config import ParamsError, from_dict
+from pipeline.data.batches import SameClassPairs
 from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
-from pipeline.generators.blocks import SameClassPairs
-from pipeline.generators.vae import ExemplarVAE, VAEConfig, VAEModule, build, multiscale_error
-from pipeline.siamese import SiameseNet, save_siamese
-from pipeline.synthesis import sample_grid, synthesize_from_exemplars
+from pipeline.generators.blocks import multiscale_error
+from pipeline.generators.synthesis import sample_grid, synthesize_from_exemplars
+from pipeline.generators.vae import ExemplarVAE, VAEConfig, VAEModule, build
 from tests.drawings import blobs
 
 SIZE, LATENT, WIDTHS = 16, 4, (8, 16)
@@ -98,25 +101,43 @@ def test_image_size_must_divide(image_size: int, widths: tuple[int, ...], factor
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model, x = tiny_vae(), drawings(2)
-    path = tmp_path / "vae.pt"
+    path = tmp_path / FILENAME
     save_generator("vae", model, path, extra={"steps": 7})
-    loaded, ckpt = load_generator(path)  # nothing but the file: family and config come with it
+    loaded, extra = load_generator(path)  # nothing but the file: family and config come with it
     assert isinstance(loaded, ExemplarVAE) and not loaded.training
-    assert loaded.config == {"image_size": SIZE, "latent_dim": LATENT, "widths": WIDTHS, "max_displacement": 0.35}
-    assert ckpt["family"] == "vae" and ckpt["steps"] == 7
+    expected = {"image_size": SIZE, "latent_dim": LATENT, "widths": WIDTHS, "max_displacement": 0.35, "channels": 1}
+    assert loaded.config == expected
+    assert extra == {"family": "vae", "steps": 7}
     assert torch.equal(loaded.generate(x, 3, generator=seeded(2)), model.generate(x, 3, generator=seeded(2)))
+    config, _ = read_checkpoint(path, "generator")
+    assert ExemplarVAE(**config).config == expected  # the stored config alone builds the model
+    folder, _ = load_generator(tmp_path)  # the model folder holding model.safetensors
+    assert torch.equal(folder.generate(x, 3, generator=seeded(2)), model.generate(x, 3, generator=seeded(2)))
 
 
 def test_load_generator_refuses_a_siamese_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "siamese.pt"
-    save_siamese(SiameseNet(16, channels=4, embedding_dim=4), str(path))
-    with pytest.raises(ValueError, match=r"siamese\.pt: not a generator checkpoint"):
+    path = tmp_path / "siamese.safetensors"
+    save_siamese(SiameseNet(16, channels=4, embedding_dim=4), path)
+    with pytest.raises(CheckpointError, match=r"siamese\.safetensors: a 'siamese' checkpoint, not a generator"):
+        load_generator(path)
+
+
+@pytest.mark.parametrize("content", ["pickle", "bytes"])
+def test_load_generator_refuses_a_file_that_is_no_checkpoint(content: str, tmp_path: Path) -> None:
+    path = tmp_path / FILENAME
+    if content == "pickle":
+        torch.save({"kind": "generator", "family": "vae", "state_dict": tiny_vae().state_dict()}, path)
+    else:
+        path.write_bytes(np.random.default_rng(1).bytes(2048))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a generator checkpoint"):
         load_generator(path)
 
 
 def test_load_generator_names_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):
-        load_generator(tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match=r"nothing\.safetensors: generator checkpoint not found"):
+        load_generator(tmp_path / "nothing.safetensors")
+    with pytest.raises(CheckpointError, match="generator checkpoint not found"):
+        load_generator(tmp_path)  # a folder without a model
 
 
 def test_unknown_family_lists_the_available_ones() -> None:
@@ -129,7 +150,10 @@ def test_vae_family_builds_its_model() -> None:
     assert family is GENERATORS["vae"]
     model = family.build(VAEConfig(latent_dim=3, widths=(8, 16)), 16)
     assert isinstance(model, family.model)
-    assert model.config == {"image_size": 16, "latent_dim": 3, "widths": (8, 16), "max_displacement": 0.35}
+    assert model.config == {"image_size": 16, "latent_dim": 3, "widths": (8, 16), "max_displacement": 0.35,
+                            "channels": 1}
+    rgb = family.build(VAEConfig(latent_dim=3, widths=(8, 16)), 32, 3)
+    assert rgb.config["channels"] == 3 and rgb.config["image_size"] == 32
 
 
 # ---------------------------------------------------------------------------- config
@@ -191,7 +215,9 @@ def test_overfits_a_two_pixel_shift() -> None:
     model = build(cfg, SIZE)
     trainer = pl.Trainer(max_steps=steps, precision="bf16-mixed", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(VAEModule(model, cfg), torch.utils.data.DataLoader([(x, target)] * steps, batch_size=None))
+    # Batches as SameClassPairs gives them: exemplars [B, C, S, S], targets [B, 1, C, S, S].
+    batches = [(x, target[:, None])] * steps
+    trainer.fit(VAEModule(model, cfg), torch.utils.data.DataLoader(batches, batch_size=None))
 
     assert float(trainer.callback_metrics["train/reconstruction_vs_copy"]) < 0.5
     model.eval()
@@ -205,13 +231,14 @@ def test_overfits_a_two_pixel_shift() -> None:
 
 
 def uint8_exemplars(n: int) -> np.ndarray:
-    return (drawings(n).squeeze(1) * 255).round().to(torch.uint8).numpy()
+    """[n, 1, S, S] uint8 exemplars."""
+    return (drawings(n) * 255).round().to(torch.uint8).numpy()
 
 
 def test_synthesize_shapes_and_seed() -> None:
     model, exemplars = tiny_vae(), uint8_exemplars(3)
     out = synthesize_from_exemplars(model, exemplars, 4, generator=seeded(0), batch_size=2)
-    assert out.shape == (3, 4, SIZE, SIZE) and out.dtype == np.uint8
+    assert out.shape == (3, 4, 1, SIZE, SIZE) and out.dtype == np.uint8
     again = synthesize_from_exemplars(model, exemplars, 4, generator=seeded(0), batch_size=2)
     other = synthesize_from_exemplars(model, exemplars, 4, generator=seeded(1), batch_size=2)
     np.testing.assert_array_equal(out, again)
@@ -227,14 +254,14 @@ def test_identity_generator_synthesizes_copies() -> None:
 def test_synthesize_zero_and_negative_counts() -> None:
     model, exemplars = tiny_vae(), uint8_exemplars(3)
     empty = synthesize_from_exemplars(model, exemplars, 0, generator=seeded(0))
-    assert empty.shape == (3, 0, SIZE, SIZE) and empty.dtype == np.uint8
+    assert empty.shape == (3, 0, 1, SIZE, SIZE) and empty.dtype == np.uint8
     with pytest.raises(ValueError, match="n_per_exemplar=-1"):
         synthesize_from_exemplars(model, exemplars, -1, generator=seeded(0))
 
 
-def grid_rows(n_rows: int, n_columns: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    exemplar = np.full((SIZE, SIZE), 255, np.uint8)
-    return [(f"class {r}", exemplar, np.zeros((n_columns, SIZE, SIZE), np.uint8)) for r in range(n_rows)]
+def grid_rows(n_rows: int, n_columns: int, channels: int = 1) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    exemplar = np.full((channels, SIZE, SIZE), 255, np.uint8)
+    return [(f"class {r}", exemplar, np.zeros((n_columns, channels, SIZE, SIZE), np.uint8)) for r in range(n_rows)]
 
 
 def test_sample_grid_grows_with_rows_and_columns() -> None:
@@ -248,11 +275,17 @@ def test_sample_grid_grows_with_rows_and_columns() -> None:
 
 
 def test_sample_grid_draws_strokes_dark_on_light() -> None:
-    solid = np.full((SIZE, SIZE), 255, np.uint8)  # every pixel a stroke
+    solid = np.full((1, SIZE, SIZE), 255, np.uint8)  # every pixel a stroke
     rows = [("", solid, np.stack([solid, solid, np.zeros_like(solid)])) for _ in range(2)]  # no label text
     grid = np.asarray(sample_grid(rows, scale=1))
     assert (grid == 0).sum() == 2 * 3 * SIZE * SIZE, "each stroke pixel once in black, nothing else"
     assert (grid == 255).sum() > 2 * SIZE * SIZE, "the background and the empty drawing stay white"
+
+
+def test_sample_grid_of_rgb_rows_is_rgb() -> None:
+    grid = sample_grid(grid_rows(2, 3, channels=3), scale=1)
+    assert grid.mode == "RGB" and grid.size == sample_grid(grid_rows(2, 3), scale=1).size
+    assert (np.asarray(grid) == 0).all(axis=-1).sum() == 2 * SIZE * SIZE, "each solid exemplar drawn black"
 
 
 def test_sample_grid_needs_rows() -> None:
@@ -263,26 +296,29 @@ def test_sample_grid_needs_rows() -> None:
 # ---------------------------------------------------------------------------- same-class pairs
 
 
-def coded_images(labels: np.ndarray) -> np.ndarray:
-    """Image i is constant with value i, so a batch tells which images it was drawn from."""
-    return np.stack([np.full((4, 4), i, np.uint8) for i in range(len(labels))])
+def coded_images(labels: np.ndarray, channels: int = 1) -> np.ndarray:
+    """Image i [C, 4, 4] is constant with value i, so a batch tells which images it was drawn from."""
+    return np.stack([np.full((channels, 4, 4), i, np.uint8) for i in range(len(labels))])
 
 
 def pair_indices(x: torch.Tensor) -> np.ndarray:
+    """[B, C, S, S] of coded constant images -> the image index of each."""
     values = (x * 255).round().to(torch.int64)
-    assert torch.equal(values, values[:, :, :1, :1].expand_as(values))
+    assert torch.equal(values, values[:, :1, :1, :1].expand_as(values))
     return values[:, 0, 0, 0].numpy()
 
 
 LABELS = np.array([3, 7, 3, 9, 7, 3, 9, 7, 9, 3])  # classes 3, 7, 9, interleaved
 
 
-def test_same_class_pairs_by_different_drawers() -> None:
-    dataset = SameClassPairs(coded_images(LABELS), LABELS, batch_size=6, seed=0)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_same_class_pairs_by_different_drawers(channels: int) -> None:
+    dataset = SameClassPairs(coded_images(LABELS, channels), LABELS, batch_size=6, seed=0)
     seen = set()
-    for exemplar, target in islice(iter(dataset), 20):
-        assert exemplar.shape == target.shape == (6, 1, 4, 4) and exemplar.dtype == torch.float32
-        a, b = pair_indices(exemplar), pair_indices(target)
+    for exemplar, targets in islice(iter(dataset), 20):
+        assert exemplar.shape == (6, channels, 4, 4) and exemplar.dtype == torch.float32
+        assert targets.shape == (6, 1, channels, 4, 4) and targets.dtype == torch.float32
+        a, b = pair_indices(exemplar), pair_indices(targets[:, 0])
         np.testing.assert_array_equal(LABELS[a], LABELS[b])
         assert (a != b).all()
         seen.update(a.tolist())
@@ -299,7 +335,7 @@ def test_same_class_pairs_are_seeded() -> None:
 
 def test_same_class_pairs_need_two_drawings_per_class() -> None:
     labels = np.array([0, 0, 1])
-    with pytest.raises(ValueError, match="at least 2 drawings"):
+    with pytest.raises(ValueError, match="at least 2 images"):
         SameClassPairs(coded_images(labels), labels, batch_size=2, seed=0)
 
 
@@ -308,9 +344,95 @@ def test_same_class_pairs_with_several_targets_by_different_drawers() -> None:
     labels = np.array([3, 7, 3, 9, 7, 3, 9, 7, 9, 3, 7, 9])  # four drawings of each class
     dataset = SameClassPairs(coded_images(labels), labels, batch_size=6, seed=0, targets=3)
     for exemplar, others in islice(iter(dataset), 10):
-        assert exemplar.shape == (6, 1, 4, 4) and others.shape == (6, 3, 4, 4)
-        drawn = np.stack([pair_indices(exemplar), *(pair_indices(others[:, j:j + 1]) for j in range(3))], axis=1)
+        assert exemplar.shape == (6, 1, 4, 4) and others.shape == (6, 3, 1, 4, 4)
+        drawn = np.stack([pair_indices(exemplar), *(pair_indices(others[:, j]) for j in range(3))], axis=1)
         assert (labels[drawn] == labels[drawn[:, :1]]).all()
         assert all(len(set(row)) == 4 for row in drawn.tolist())
-    with pytest.raises(ValueError, match="at least 5 drawings"):
+    with pytest.raises(ValueError, match="at least 5 images"):
         SameClassPairs(coded_images(labels), labels, batch_size=2, seed=0, targets=4)
+
+
+# ---------------------------------------------------------------------------- the generator follows the data
+
+
+SIZES, CHANNELS = [28, 32, 48, 64, 84], [1, 3]
+
+
+def colour_drawings(n: int, size: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """Blob drawings [n, channels, size, size]; in RGB each channel is another drawing."""
+    return torch.cat([blobs(n, size, seed + 10 * c) for c in range(channels)], dim=1)
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("image_size", SIZES)
+def test_any_size_and_channels_forward_and_generate(image_size: int, channels: int) -> None:
+    torch.manual_seed(0)
+    model = ExemplarVAE(image_size, latent_dim=LATENT, widths=WIDTHS, channels=channels)
+    torch.nn.init.normal_(model.to_flow.weight, std=0.3)
+    model.eval()
+    x, y = colour_drawings(2, image_size, channels, 0), colour_drawings(2, image_size, channels, 1)
+    with torch.no_grad():
+        recon, mean, logvar = model(x, y)
+    assert recon.shape == (2, channels, image_size, image_size) and torch.isfinite(recon).all()
+    assert mean.shape == logvar.shape == (2, LATENT)
+    out = model.generate(x, 3, generator=seeded(0))
+    assert out.shape == (2, 3, channels, image_size, image_size)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_the_warp_moves_every_channel_alike() -> None:
+    """One displacement field per drawing: three equal channels stay equal after the warp."""
+    torch.manual_seed(0)
+    model = ExemplarVAE(32, latent_dim=LATENT, widths=WIDTHS, channels=3)
+    torch.nn.init.normal_(model.to_flow.weight, std=0.3)
+    grey = blobs(2, 32).expand(-1, 3, -1, -1)
+    out = model.eval().generate(grey, 2, generator=seeded(0))
+    assert torch.equal(out[:, :, 0], out[:, :, 1]) and torch.equal(out[:, :, 0], out[:, :, 2])
+
+
+@pytest.mark.parametrize(("image_size", "channels"), [(28, 3), (48, 1), (64, 3), (84, 1)])
+def test_training_step_on_a_tiny_batch(image_size: int, channels: int) -> None:
+    """VAEModule's loss on a batch as SameClassPairs gives it, and its gradient, at other sizes and channels."""
+    cfg = VAEConfig(latent_dim=LATENT, widths=WIDTHS, batch_size=2)
+    torch.manual_seed(0)
+    model = build(cfg, image_size, channels)
+    exemplar = colour_drawings(2, image_size, channels, 0)
+    targets = colour_drawings(2, image_size, channels, 1)[:, None]  # [B, 1, C, S, S]
+    loss = VAEModule(model, cfg).training_step((exemplar, targets), 0)
+    assert loss.shape == () and torch.isfinite(loss) and float(loss) > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.posterior.conv_in.weight.grad is not None, "the posterior learns from the target"
+
+
+def test_rgb_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = ExemplarVAE(32, latent_dim=LATENT, widths=WIDTHS, channels=3)
+    torch.nn.init.normal_(model.to_flow.weight, std=0.3)
+    model.eval()
+    save_generator("vae", model, tmp_path / FILENAME, extra={"image_spec": {"size": 32, "channels": 3}})
+    loaded, extra = load_generator(tmp_path)
+    assert isinstance(loaded, ExemplarVAE) and loaded.config == model.config and loaded.channels == 3
+    assert extra == {"family": "vae", "image_spec": {"size": 32, "channels": 3}}
+    x, y = colour_drawings(2, 32, 3, 0), colour_drawings(2, 32, 3, 1)
+    assert torch.equal(loaded.generate(x, 3, generator=seeded(1)), model.generate(x, 3, generator=seeded(1)))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x, y)[0], model.encode(x, y)[0])
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_load_at_another_image_size(channels: int, tmp_path: Path) -> None:
+    """Trained at 28, drawn at 32 (or 84): the same weights, a fully convolutional model of the new size."""
+    torch.manual_seed(0)
+    model = ExemplarVAE(28, latent_dim=LATENT, widths=WIDTHS, channels=channels)
+    torch.nn.init.normal_(model.to_flow.weight, std=0.3)
+    save_generator("vae", model, tmp_path / FILENAME)
+    for size in (32, 84):
+        bigger, extra = load_generator(tmp_path / FILENAME, image_size=size)
+        assert bigger.config == {**model.config, "image_size": size} and extra["family"] == "vae"
+        for (name, p), q in zip(bigger.state_dict().items(), model.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+        out = bigger.generate(colour_drawings(2, size, channels), 4, generator=seeded(0))
+        assert out.shape == (2, 4, channels, size, size)
+    with pytest.raises(ValueError, match="image_size=31 must be divisible by 2"):
+        load_generator(tmp_path, image_size=31)

@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.classifiers.fewshot import embed_all
+from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.network import SiameseNet
+from pipeline.classifiers.training import calibrate_verification
+from pipeline.classifiers.verification import calibrate_threshold, error_rates, parse_target, sample_pairs
 from pipeline.config import ParamsError, from_dict
-from pipeline.data import OmniglotSet, to_tensor
-from pipeline.siamese import SiameseConfig, SiameseNet, calibrate_verification, embed_all
-from pipeline.verification import calibrate_threshold, error_rates, parse_target, sample_pairs
+from pipeline.data.fewshot import FewShotSet
+from pipeline.data.images import to_tensor
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,7 +95,7 @@ def test_calibration_needs_both_kinds_of_pair() -> None:
 # ---------------------------------------------------------------------------- held-out pairs
 
 
-def test_pairs_are_balanced_and_labelled_right(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_pairs_are_balanced_and_labelled_right(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     source = dataset.classes("source")
     pairs = sample_pairs(dataset.labels, source, 500, np.random.default_rng(0))
@@ -103,7 +107,7 @@ def test_pairs_are_balanced_and_labelled_right(tiny_omniglot: tuple[OmniglotSet,
     assert len(np.unique(la[pairs.same])) > len(source) // 2, "pairs spread over the classes"
 
 
-def test_pairs_are_seeded(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_pairs_are_seeded(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     first, second, other = (sample_pairs(dataset.labels, dataset.classes("source"), 50, np.random.default_rng(s))
                             for s in (3, 3, 4))
@@ -120,7 +124,7 @@ def test_pairs_refuse_impossible_requests() -> None:
         sample_pairs(labels, np.array([0]), 5, np.random.default_rng(0))
 
 
-def test_calibrate_verification_scores_pairs_as_verify_does(tiny_omniglot: tuple[OmniglotSet, dict]) -> None:
+def test_calibrate_verification_scores_pairs_as_verify_does(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     torch.manual_seed(0)
     net = SiameseNet(28, channels=8, embedding_dim=16).eval()

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import nn
 
+from pipeline.checkpoints import FILENAME, CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from pipeline.generators import gan, vae
+
+KIND = "generator"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +20,7 @@ class GeneratorFamily:
     config: type  # frozen dataclass validated from params `generator.<name>`
     model: type[nn.Module]  # rebuilt from the checkpoint's constructor config
     module: type[pl.LightningModule]  # the training procedure
-    build: Any  # (config, image_size) -> model
+    build: Any  # (config, image_size, channels) -> model
 
 
 GENERATORS: dict[str, GeneratorFamily] = {
@@ -35,17 +37,19 @@ def get_family(name: str) -> GeneratorFamily:
 
 def save_generator(name: str, model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Weights plus the family and constructor config: the file alone rebuilds the generator."""
-    torch.save({"kind": "generator", "family": name, "config": model.config,  # type: ignore[attr-defined]
-                "state_dict": model.state_dict(), **(extra or {})}, path)
+    save_checkpoint(model, path, KIND, {"family": name, **(extra or {})})
 
 
-def load_generator(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_generator(path: str | Path, image_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a generator from its checkpoint: (model in eval mode, what its stage recorded, `family` among it).
+
+    image_size: draw at another size than the one trained at. Both families are fully convolutional
+    and move strokes in image-relative units, so the weights apply unchanged (transfer to other data).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: generator checkpoint not found; run `dvc repro train_generator` first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "generator":
-        raise ValueError(f"{path}: not a generator checkpoint written by this pipeline")
-    model = get_family(ckpt["family"]).model(**ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+    if not (path.is_file() or (path / FILENAME).is_file()):
+        raise CheckpointError(f"{path}: generator checkpoint not found; run `dvc repro train_generator` first")
+    config, extra = read_checkpoint(path, KIND)
+    if image_size is not None:
+        config = {**config, "image_size": image_size}
+    return load_weights(get_family(extra.get("family", "")).model(**config), path), extra

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import Encoder
@@ -69,32 +68,3 @@ def identity_grid(batch: int, size: int, device: torch.device) -> torch.Tensor:
     """Sampling grid [B, S, S, 2] of `F.grid_sample` that leaves an image unchanged."""
     theta = torch.eye(2, 3, device=device).expand(batch, 2, 3)
     return torch.nn.functional.affine_grid(theta, [batch, 1, size, size], align_corners=False)
-
-
-class SameClassPairs(torch.utils.data.IterableDataset):
-    """Endless batches of (exemplar, targets): drawings of one class by different drawers.
-
-    images: uint8 [N, S, S] (strokes 255); labels: [N]. Yields float [B, 1, S, S] exemplars and
-    [B, targets, S, S] other drawings of each exemplar's class (one per channel).
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, targets: int = 1):
-        super().__init__()
-        classes, inverse = np.unique(labels, return_inverse=True)
-        self.by_class = [np.flatnonzero(inverse == k) for k in range(len(classes))]
-        if any(len(ix) < 1 + targets for ix in self.by_class):
-            raise ValueError(f"every source class needs at least {1 + targets} drawings to give an exemplar "
-                             f"{targets} other drawing(s) of its class")
-        self.images = images
-        self.batch_size = batch_size
-        self.seed = seed
-        self.targets = targets
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
-        while True:
-            classes = rng.integers(len(self.by_class), size=self.batch_size)
-            drawn = np.array([rng.choice(self.by_class[c], size=1 + self.targets, replace=False) for c in classes])
-            x = torch.from_numpy(self.images[drawn]).float().div_(255.0)  # [B, 1 + targets, S, S]
-            yield x[:, :1], x[:, 1:]

@@ -99,7 +99,7 @@ class GANConfig:
 
 
 class DAGANGenerator(nn.Module):
-    """exemplar [B, 1, S, S] in 0..1, noise [B, noise_dim] -> new drawing [B, 1, S, S] in 0..1.
+    """exemplar [B, C, S, S] in 0..1, noise [B, noise_dim] -> new drawing [B, C, S, S] in 0..1.
 
     A strided convolution takes the exemplar to S/2; encoder levels of diffusers ResNet blocks
     follow, down-sampling 2x between levels (widths (16, 64): 14 -> 7). The bottleneck block is
@@ -109,16 +109,17 @@ class DAGANGenerator(nn.Module):
     """
 
     def __init__(self, image_size: int = 28, noise_dim: int = 32, widths: tuple[int, ...] = (16, 64),
-                 max_displacement: float = 0.35, flow_resolution: int = 7):
+                 max_displacement: float = 0.35, flow_resolution: int = 7, channels: int = 1):
         super().__init__()
         self.config = {"image_size": image_size, "noise_dim": noise_dim, "widths": tuple(widths),
-                       "max_displacement": max_displacement, "flow_resolution": flow_resolution}
+                       "max_displacement": max_displacement, "flow_resolution": flow_resolution, "channels": channels}
         down = 2 ** len(widths)
         if image_size % down:
             raise ValueError(f"image_size={image_size} must be divisible by {down} for {len(widths)} U-Net levels")
         if flow_resolution > image_size:
             raise ValueError(f"flow_resolution={flow_resolution} must be at most image_size={image_size}")
         self.image_size = image_size
+        self.channels = channels
         self.noise_dim = noise_dim
         self.max_displacement = max_displacement
         self.flow_resolution = flow_resolution
@@ -130,7 +131,7 @@ class DAGANGenerator(nn.Module):
                                  groups=min(8, c_in),
                                  groups_out=min(8, c_out), time_embedding_norm="scale_shift" if temb else "default")
 
-        self.conv_in = nn.Conv2d(1, widths[0], 4, stride=2, padding=1)  # S -> S/2
+        self.conv_in = nn.Conv2d(channels, widths[0], 4, stride=2, padding=1)  # S -> S/2
         self.encoder = nn.ModuleList(block(c_in, c_out)
                                      for c_in, c_out in zip((widths[0], *widths[:-1]), widths, strict=True))
         self.downsample = nn.ModuleList(Downsample2D(w, use_conv=True, padding=1) for w in widths[:-1])
@@ -169,11 +170,11 @@ class DAGANGenerator(nn.Module):
     @torch.no_grad()
     def generate(self, exemplars: torch.Tensor, n: int, generator: torch.Generator,
                  temperature: float = 1.0) -> torch.Tensor:
-        """n new drawings per exemplar: [B, 1, S, S] -> [B, n, 1, S, S]; noise ~ N(0, temperature^2 I)."""
+        """n new drawings per exemplar: [B, C, S, S] -> [B, n, C, S, S]; noise ~ N(0, temperature^2 I)."""
         b = len(exemplars)
         noise = torch.randn(b * n, self.noise_dim, generator=generator, device=exemplars.device) * temperature
         drawn = self(exemplars.repeat_interleave(n, dim=0), noise)
-        return drawn.view(b, n, 1, self.image_size, self.image_size)
+        return drawn.view(b, n, self.channels, self.image_size, self.image_size)
 
 
 def area_ratio(flow: torch.Tensor) -> torch.Tensor:
@@ -191,32 +192,32 @@ def area_ratio(flow: torch.Tensor) -> torch.Tensor:
 def draw_target_errors(drawn: torch.Tensor, targets: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
     """Multiscale error of every draw against every target of its exemplar: [K, M, B].
 
-    drawn: [K * B, 1, S, S], draw k of exemplar i at row k * B + i; targets: [B, M, S, S], M real
+    drawn: [K * B, C, S, S], draw k of exemplar i at row k * B + i; targets: [B, M, C, S, S], M real
     drawings of exemplar i's class.
     """
     k, m = len(drawn) // len(targets), targets.shape[1]
-    return torch.stack([multiscale_errors(drawn, targets[:, j:j + 1].repeat(k, 1, 1, 1), scales).view(k, -1)
+    return torch.stack([multiscale_errors(drawn, targets[:, j].repeat(k, 1, 1, 1), scales).view(k, -1)
                         for j in range(m)], dim=1)
 
 
 def best_of_k(drawn: torch.Tensor, targets: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
     """Per exemplar, each target's smallest error among its K draws, averaged over the targets: [B].
 
-    drawn: [K * B, 1, S, S] (draw k of exemplar i at row k * B + i); targets: [B, M, S, S]. Only a
+    drawn: [K * B, C, S, S] (draw k of exemplar i at row k * B + i); targets: [B, M, C, S, S]. Only a
     target's nearest draw gets a gradient, so the others stay free to be other ways of drawing it.
     """
     return draw_target_errors(drawn, targets, scales).min(dim=0).values.mean(dim=0)
 
 
 class PairCritic(nn.Module):
-    """(exemplar, drawing) pair [B, 2, S, S] -> realness score [B]; spectrally normalised convolutions."""
+    """(exemplar, drawing) pair [B, 2C, S, S] -> realness score [B]; spectrally normalised convolutions."""
 
-    def __init__(self, image_size: int = 28, width: int = 32, blur: int = 1):
+    def __init__(self, image_size: int = 28, width: int = 32, blur: int = 1, channels: int = 1):
         super().__init__()
         w = width
         self.blur = blur
         self.net = nn.Sequential(
-            spectral_norm(nn.Conv2d(2, w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/2
+            spectral_norm(nn.Conv2d(2 * channels, w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/2
             spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),  # S/4
             spectral_norm(nn.Conv2d(2 * w, 4 * w, 3, padding=1)), nn.LeakyReLU(0.2),
         )
@@ -241,7 +242,7 @@ class GANModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        self.critic = PairCritic(model.image_size, cfg.critic_width, cfg.critic_blur)
+        self.critic = PairCritic(model.image_size, cfg.critic_width, cfg.critic_blur, model.channels)
         self.cfg = cfg
         self.save_hyperparameters({"gan": dataclasses.asdict(cfg), "model": model.config})
 
@@ -251,8 +252,8 @@ class GANModule(pl.LightningModule):
         return self.cfg.critic_steps + 1
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        pair_exemplar, others = batch
-        real = others[:, :1]  # the critic's real pair; all M others are the reconstruction's targets
+        pair_exemplar, others = batch  # [B, C, S, S], [B, M, C, S, S]
+        real = others[:, 0]  # the critic's real pair; all M others are the reconstruction's targets
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
         cfg = self.cfg
         # K noise draws for each of half the exemplars (sample k of exemplar i at k * half + i). The
@@ -312,5 +313,5 @@ class GANModule(pl.LightningModule):
         return [opt_g, opt_d], scheds
 
 
-def build(cfg: GANConfig, image_size: int) -> DAGANGenerator:
-    return DAGANGenerator(image_size, cfg.noise_dim, cfg.widths, cfg.max_displacement, cfg.flow_resolution)
+def build(cfg: GANConfig, image_size: int, channels: int = 1) -> DAGANGenerator:
+    return DAGANGenerator(image_size, cfg.noise_dim, cfg.widths, cfg.max_displacement, cfg.flow_resolution, channels)

@@ -28,7 +28,7 @@ from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid, 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
     latent_dim: int = 16
-    widths: tuple[int, ...] = (16, 32, 64)  # encoder channels per resolution: 28, 14, 7
+    widths: tuple[int, ...] = (16, 32, 64)  # encoder channels per resolution: S, S/2, S/4 (28, 14, 7)
     max_displacement: float = 0.35  # largest stroke shift, as a fraction of half the image side
     beta: float = 1.0  # weight of the KL term
     scales: tuple[int, ...] = (1, 2, 4)  # the reconstruction is compared at these pooling factors
@@ -52,21 +52,22 @@ class VAEConfig:
 
 
 class ExemplarVAE(nn.Module):
-    """x_a [B, 1, S, S] (+ x_b for the posterior) -> a new drawing of x_a's class [B, 1, S, S], values 0..1."""
+    """x_a [B, C, S, S] (+ x_b for the posterior) -> a new drawing of x_a's class [B, C, S, S], values 0..1."""
 
     def __init__(self, image_size: int = 28, latent_dim: int = 16, widths: tuple[int, ...] = (16, 32, 64),
-                 max_displacement: float = 0.35):
+                 max_displacement: float = 0.35, channels: int = 1):
         super().__init__()
         self.config = {"image_size": image_size, "latent_dim": latent_dim, "widths": tuple(widths),
-                       "max_displacement": max_displacement}
+                       "max_displacement": max_displacement, "channels": channels}
         down = 2 ** (len(widths) - 1)
         if image_size % down:
             raise ValueError(f"image_size={image_size} must be divisible by {down} for {len(widths)} encoder levels")
         self.image_size = image_size
+        self.channels = channels
         self.latent_dim = latent_dim
         self.max_displacement = max_displacement
-        self.posterior = conv_encoder(2, latent_dim, widths, double_z=True)  # sees exemplar and target
-        self.context = conv_encoder(1, widths[-1], widths, double_z=False)  # sees the exemplar only
+        self.posterior = conv_encoder(2 * channels, latent_dim, widths, double_z=True)  # sees exemplar and target
+        self.context = conv_encoder(channels, widths[-1], widths, double_z=False)  # sees the exemplar only
         self.decoder = FiLMResnet(widths[-1], latent_dim, n_blocks=2)
         self.to_flow = nn.Conv2d(widths[-1], 2, 3, padding=1)
         nn.init.zeros_(self.to_flow.weight)  # start as the identity warp
@@ -97,11 +98,11 @@ class ExemplarVAE(nn.Module):
     @torch.no_grad()
     def generate(self, exemplars: torch.Tensor, n: int, generator: torch.Generator,
                  temperature: float = 1.0) -> torch.Tensor:
-        """n new drawings per exemplar: [B, 1, S, S] -> [B, n, 1, S, S], z from the prior."""
+        """n new drawings per exemplar: [B, C, S, S] -> [B, n, C, S, S], z from the prior."""
         b = len(exemplars)
         z = torch.randn(b * n, self.latent_dim, generator=generator, device=exemplars.device) * temperature
         repeated = exemplars.repeat_interleave(n, dim=0)
-        return self.decode(repeated, z).view(b, n, 1, self.image_size, self.image_size)
+        return self.decode(repeated, z).view(b, n, self.channels, self.image_size, self.image_size)
 
 
 class VAEModule(pl.LightningModule):
@@ -114,7 +115,8 @@ class VAEModule(pl.LightningModule):
         self.save_hyperparameters({"vae": dataclasses.asdict(cfg), "model": model.config})
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        exemplar, target = batch
+        exemplar, targets = batch  # [B, C, S, S], [B, 1, C, S, S]
+        target = targets[:, 0]
         recon, mean, logvar = self.model(exemplar, target)
         rec = multiscale_error(recon, target.float(), self.cfg.scales)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1).mean()
@@ -131,5 +133,5 @@ class VAEModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def build(cfg: VAEConfig, image_size: int) -> ExemplarVAE:
-    return ExemplarVAE(image_size, cfg.latent_dim, cfg.widths, cfg.max_displacement)
+def build(cfg: VAEConfig, image_size: int, channels: int = 1) -> ExemplarVAE:
+    return ExemplarVAE(image_size, cfg.latent_dim, cfg.widths, cfg.max_displacement, channels)

@@ -13,7 +13,7 @@ from pipeline.io import read_json, write_json
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSet:
-    images: np.ndarray  # [M, S, S] uint8, strokes 255
+    images: np.ndarray  # [M, C, S, S] uint8, foreground 255
     labels: np.ndarray  # [M] class index into the prepared dataset's class table
     generator: str  # the family that drew them, "none" for the empty set
     info: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,8 +1,8 @@
 """N-way one-shot episodes, drawn from labels alone (no image is decoded to sample one).
 
-An episode holds `n_way` classes, one support drawing and one query drawing per class, the
-query always by another drawer than the support. Episodes are index arrays into a dataset,
-so every variant is scored on exactly the same episodes.
+An episode holds `n_way` classes, one support image and one query image per class, the query
+always another image of the class than the support (in Omniglot, another drawer's). Episodes are
+index arrays into a dataset, so every variant is scored on exactly the same episodes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ class EpisodeError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Episodes:
-    support: np.ndarray  # [E, N] image index of each class's support drawing
-    query: np.ndarray  # [E, N] image index of each class's query drawing (same column = same class)
+    support: np.ndarray  # [E, N] image index of each class's support image
+    query: np.ndarray  # [E, N] image index of each class's query image (same column = same class)
 
     @property
     def n_way(self) -> int:
@@ -31,22 +31,21 @@ class Episodes:
 
 def sample_episodes(
     labels: np.ndarray,
-    drawers: np.ndarray,
     classes: np.ndarray,
     n_way: int,
     n_episodes: int,
     rng: np.random.Generator,
     groups: np.ndarray | None = None,
-    support_drawer: np.ndarray | None = None,
+    fixed_support: np.ndarray | None = None,
     name: str = "episodes",
 ) -> Episodes:
     """Draw `n_episodes` `n_way`-way one-shot episodes over `classes`.
 
-    labels, drawers: [N] per image. classes: the class ids to draw from.
+    labels: [N] class of each image. classes: the class ids to draw from.
     groups: [n_classes_total] group id per class (e.g. alphabet); when given, all classes of an
         episode come from one group (Lake et al. 2015's within-alphabet protocol).
-    support_drawer: [n_classes_total] fixed support drawer per class (e.g. the one-shot exemplar);
-        when None, the support drawer is drawn at random too.
+    fixed_support: [n_classes_total] fixed support image per class (e.g. the one-shot exemplar);
+        when None, the support image is drawn at random too.
     """
     if n_way < 2:
         raise EpisodeError(f"{name}: n_way={n_way}; an episode needs at least 2 classes")
@@ -59,21 +58,21 @@ def sample_episodes(
         pools = [classes[groups[classes] == g] for g in np.unique(groups[classes])]
         pools = [p for p in pools if len(p) >= n_way]
     if not pools or max(len(p) for p in pools) < n_way:
-        where = "in any one alphabet" if groups is not None else "in total"
+        where = "in any one group" if groups is not None else "in total"
         most = max((int((groups[classes] == g).sum()) for g in np.unique(groups[classes])), default=0) \
             if groups is not None else len(classes)
         raise EpisodeError(
             f"{name}: n_way={n_way} but only {most} classes are available {where}; lower n_way to at most {most}"
         )
-    # Images of each class grouped by drawer: index[c][d] is the image of class c by drawer d.
-    order = np.lexsort((drawers, labels))
+    # Images of each class in image order.
+    order = np.argsort(labels, kind="stable")
     by_class: dict[int, np.ndarray] = {}
     sorted_labels = labels[order]
     starts = np.searchsorted(sorted_labels, classes)
     ends = np.searchsorted(sorted_labels, classes, side="right")
     for c, s, e in zip(classes, starts, ends, strict=True):
         if e - s < 2:
-            raise EpisodeError(f"{name}: class {c} has {e - s} drawing(s); a support and a query need 2")
+            raise EpisodeError(f"{name}: class {c} has {e - s} image(s); a support and a query need 2")
         by_class[int(c)] = order[s:e]
 
     support = np.empty((n_episodes, n_way), dtype=np.int64)
@@ -85,8 +84,8 @@ def sample_episodes(
         chosen = rng.choice(pool, size=n_way, replace=False)
         for j, c in enumerate(chosen):
             images = by_class[int(c)]
-            if support_drawer is not None:
-                s_pos = int(np.flatnonzero(drawers[images] == support_drawer[c])[0])
+            if fixed_support is not None:
+                s_pos = int(np.flatnonzero(images == fixed_support[c])[0])
                 q_pos = int(rng.integers(len(images) - 1))
                 q_pos += q_pos >= s_pos
             else:

@@ -28,7 +28,10 @@ class ClassicAugmentConfig:
 
 
 def classic_transform(cfg: ClassicAugmentConfig, seed: int) -> A.Compose:
-    """A seeded albumentations pipeline for uint8 [H, W] drawings with strokes as foreground."""
+    """A seeded albumentations pipeline for uint8 [S, S] or [S, S, C] images (the foreground on a 0 background).
+
+    `batches.apply_transform` applies it to the pipeline's [C, S, S] images.
+    """
     transforms: list[A.BasicTransform] = [
         A.Affine(
             rotate=(-cfg.rotate, cfg.rotate),

@@ -1,0 +1,107 @@
+"""How the Siamese network is trained: pair or triplet losses over P classes x 2 images, AdamW, one cycle."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from pipeline.classifiers.fewshot import episode_scores_accuracy
+from pipeline.classifiers.network import SiameseNet
+from pipeline.classifiers.verification import TARGET_PATTERN, TARGETS
+from pipeline.config import _check, positive
+from pipeline.data.episodes import Episodes
+
+LOSSES = ("contrastive", "bce", "triplet")
+
+
+@dataclasses.dataclass(frozen=True)
+class SiameseConfig:
+    loss: Literal["contrastive", "bce", "triplet"] = "contrastive"
+    channels: int = 64  # conv channels of each of the four blocks
+    embedding_dim: int = 128
+    margin: float = 0.5  # contrastive: cosine margin for negatives; triplet: distance margin
+    mining: Literal["random", "hard"] = "hard"  # each anchor's negative: a random or the most alike other class
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_classes: int = 64  # P classes per batch, two drawings each
+    max_steps: int = 2000
+    val_every: int = 250  # steps between validations (seen-class episodes)
+    seed: int = 0
+    verify_target: str = "eer"  # what the saved verification threshold meets: `eer` or `far@X`
+    verify_pairs: int = 2000  # same-class and as many different-class pairs of source classes to calibrate it on
+
+    def validate(self, key: str) -> None:
+        _check(self.loss in LOSSES, f"{key}.loss", self.loss, "one of " + ", ".join(LOSSES))
+        _check(TARGET_PATTERN.fullmatch(self.verify_target) is not None, f"{key}.verify_target", self.verify_target,
+               TARGETS)
+        positive(key, channels=self.channels, embedding_dim=self.embedding_dim, lr=self.lr,
+                 max_steps=self.max_steps, val_every=self.val_every, verify_pairs=self.verify_pairs)
+        _check(self.batch_classes >= 2, f"{key}.batch_classes", self.batch_classes, "at least 2")
+        _check(self.margin >= 0, f"{key}.margin", self.margin, "a number >= 0")
+        _check(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
+
+
+def pick_negatives(sim: torch.Tensor, mining: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row i of a [P, P] similarity matrix (diagonal = positives), a column j != i."""
+    p = sim.shape[0]
+    if mining == "hard":
+        masked = sim.detach().clone()
+        masked.fill_diagonal_(float("-inf"))
+        return masked.argmax(dim=1)
+    offset = torch.randint(1, p, (p,), generator=generator, device=sim.device)
+    return (torch.arange(p, device=sim.device) + offset) % p
+
+
+class SiameseModule(pl.LightningModule):
+    """Trains a `SiameseNet` on batches of P classes x 2 drawings."""
+
+    def __init__(self, net: SiameseNet, cfg: SiameseConfig, val_data: dict[str, Any] | None = None):
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        self.val_data = val_data  # {"images": [N, C, S, S] tensor, "episodes": Episodes}
+        self.save_hyperparameters({"siamese": dataclasses.asdict(cfg), "net": net.config})
+        self.triplet = nn.TripletMarginLoss(margin=cfg.margin)
+        self.cosine = nn.CosineEmbeddingLoss(margin=cfg.margin)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x1, x2 = batch  # [P, C, S, S] each; row i of both is class i
+        e1, e2 = self.net.embed(x1), self.net.embed(x2)
+        sim = self.net.similarity(e1, e2)  # [P, P]
+        neg = pick_negatives(sim, self.cfg.mining)
+        p = len(neg)
+        if self.cfg.loss == "triplet":
+            loss = self.triplet(e1.float(), e2.float(), e2[neg].float())
+        elif self.cfg.loss == "contrastive":
+            a = torch.cat([e1, e1]).float()
+            b = torch.cat([e2, e2[neg]]).float()
+            y = torch.cat([torch.ones(p), -torch.ones(p)]).to(a.device)
+            loss = self.cosine(a, b, y)
+        else:
+            idx = torch.arange(p, device=sim.device)
+            logits = torch.cat([sim[idx, idx], sim[idx, neg]])
+            y = torch.cat([torch.ones(p), torch.zeros(p)]).to(logits.device)
+            loss = self.bce(logits, y)
+        pos_sim = sim.diagonal().float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/pos_minus_neg", pos_sim - sim[torch.arange(p), neg].float().mean())
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.val_data is None:
+            return
+        images = self.val_data["images"].to(self.device)
+        episodes: Episodes = self.val_data["episodes"]
+        acc = episode_scores_accuracy(self.net, images, episodes)
+        self.log("val/acc_20way_seen", float(acc.mean()), prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=self.cfg.max_steps,
+                                                    pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

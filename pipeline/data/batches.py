@@ -1,0 +1,96 @@
+"""Training batches, drawn from labels and streamed endlessly (training ends at `max_steps`).
+
+- `PairBatches`: the classifiers' batches, P classes x 2 images, augmented on the fly;
+- `SameClassPairs`: the generators' batches, an exemplar and M other images of its class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.data.images import to_tensor
+
+
+def apply_transform(transform: Callable[..., dict[str, np.ndarray]], image: np.ndarray) -> np.ndarray:
+    """An albumentations transform on one uint8 image [C, S, S] (albumentations works on [S, S] or [S, S, C])."""
+    if image.shape[0] == 1:
+        return transform(image=image[0])["image"][None]
+    return np.ascontiguousarray(transform(image=image.transpose(1, 2, 0))["image"].transpose(2, 0, 1))
+
+
+class PairBatches(torch.utils.data.IterableDataset):
+    """Endless batches of P classes x 2 images: (x1 [P, C, S, S], x2 [P, C, S, S]), row i = class i.
+
+    `pools[c]` holds the images available for class c, uint8 [n_c, C, S, S] (the real exemplar,
+    synthetic drawings, or all real images). The two images of a class are distinct when the pool
+    has more than one; each then goes through `transform` (an albumentations pipeline) if given.
+    """
+
+    def __init__(self, pools: list[np.ndarray], batch_classes: int, seed: int,
+                 transform: Callable[..., dict[str, np.ndarray]] | None = None):
+        super().__init__()
+        if batch_classes > len(pools):
+            raise ValueError(
+                f"siamese.batch_classes={batch_classes} is larger than the {len(pools)} training classes; "
+                f"lower it to at most {len(pools)}"
+            )
+        if any(len(p) == 0 for p in pools):
+            raise ValueError("a training class has no images")
+        self.pools = pools
+        self.batch_classes = batch_classes
+        self.seed = seed
+        self.transform = transform
+
+    def _augment(self, image: np.ndarray) -> np.ndarray:
+        return image if self.transform is None else apply_transform(self.transform, image)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        rng = np.random.default_rng([self.seed, worker])
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(self.seed * 1000 + worker)
+        n = len(self.pools)
+        while True:
+            classes = rng.choice(n, size=self.batch_classes, replace=False)
+            first, second = [], []
+            for c in classes:
+                pool = self.pools[c]
+                i, j = rng.choice(len(pool), size=2, replace=False) if len(pool) > 1 else (0, 0)
+                first.append(self._augment(pool[i]))
+                second.append(self._augment(pool[j]))
+            yield to_tensor(np.stack(first)), to_tensor(np.stack(second))
+
+
+class SameClassPairs(torch.utils.data.IterableDataset):
+    """Endless batches of (exemplar, targets): images of one class by different instances (drawers).
+
+    images: uint8 [N, C, S, S] (foreground 255); labels: [N]. Yields float exemplars [B, C, S, S]
+    and [B, targets, C, S, S] other images of each exemplar's class.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, targets: int = 1):
+        super().__init__()
+        classes, inverse = np.unique(labels, return_inverse=True)
+        self.by_class = [np.flatnonzero(inverse == k) for k in range(len(classes))]
+        short = [k for k, ix in enumerate(self.by_class) if len(ix) < 1 + targets]
+        if short:
+            raise ValueError(f"every source class needs at least {1 + targets} images to give an exemplar "
+                             f"{targets} other image(s) of its class; {len(short)} have fewer (class "
+                             f"{classes[short[0]]}: {len(self.by_class[short[0]])})")
+        self.images = images
+        self.batch_size = batch_size
+        self.seed = seed
+        self.targets = targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
+        while True:
+            classes = rng.integers(len(self.by_class), size=self.batch_size)
+            drawn = np.array([rng.choice(self.by_class[c], size=1 + self.targets, replace=False) for c in classes])
+            x = torch.from_numpy(self.images[drawn]).float().div_(255.0)  # [B, 1 + targets, C, S, S]
+            yield x[:, 0], x[:, 1:]

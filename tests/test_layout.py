@@ -1,0 +1,81 @@
+"""The layout keeps its promises: each stage's `deps` in dvc.yaml are exactly the pipeline modules it imports
+(transitively), so DVC reruns a stage when code it runs changes, and no stage builds episodes, loaders or Trainers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of the `pipeline` modules (and the names imported from them) that `path` imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "pipeline")
+    return names
+
+
+def module_file(dotted: str) -> Path | None:
+    base = ROOT.joinpath(*dotted.split("."))
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
+
+
+def closure(script: Path) -> set[str]:
+    """Every pipeline module file `script` loads when it runs, with the packages that hold them, relative to ROOT."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        for dotted in imported_modules(todo.pop()):
+            parts = dotted.split(".")
+            for k in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__ too
+                found = module_file(".".join(parts[:k]))
+                if found is not None and found not in seen:
+                    seen.add(found)
+                    todo.append(found)
+    return {str(p.relative_to(ROOT)) for p in seen} - {"pipeline/__init__.py"}
+
+
+def stage_defs() -> dict[str, dict]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: d.get("do", d) for name, d in stages.items()}
+
+
+@pytest.mark.parametrize("stage", sorted(stage_defs()))
+def test_stage_deps_are_exactly_the_modules_it_imports(stage: str) -> None:
+    definition = stage_defs()[stage]
+    script = ROOT / "stages" / f"{stage}.py"
+    assert f"python -m stages.{stage} " in definition["cmd"]
+    listed = {d for d in definition["deps"] if isinstance(d, str) and d.startswith(("pipeline/", "stages/"))}
+    expected = closure(script) | {f"stages/{stage}.py"}
+    assert sorted(expected - listed) == [], f"dvc.yaml `{stage}` lacks deps it imports"
+    assert sorted(listed - expected) == [], f"dvc.yaml `{stage}` lists deps it does not import"
+
+
+def test_the_closure_follows_imports_of_imports(tmp_path: Path) -> None:
+    """The checker itself: evaluate imports pipeline.evaluation, which imports the classifiers' network."""
+    assert {"pipeline/evaluation.py", "pipeline/classifiers/network.py", "pipeline/classifiers/__init__.py",
+            "pipeline/data/episodes.py"} <= closure(ROOT / "stages" / "evaluate.py")
+    assert "pipeline/generators/gan.py" not in closure(ROOT / "stages" / "train_classifier.py")
+
+
+BUILDS = {"DataLoader", "Trainer", "sample_episodes", "PairBatches", "SameClassPairs", "seed_everything"}
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "stages").glob("*.py") if p.name != "__init__.py"))
+def test_stages_stay_thin(script: str) -> None:
+    """Episode building, batch loaders and Trainer set-up live in pipeline/, not in a stage (STYLE 1)."""
+    tree = ast.parse((ROOT / "stages" / script).read_text())
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not used & BUILDS, f"stages/{script} builds {sorted(used & BUILDS)} itself"
