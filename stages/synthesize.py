@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from pipeline.config import load_params, section
 from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import load_generator
 from pipeline.generators.synthesis import SweepConfig, SynthesisConfig, sample_grid, synthesize
-from pipeline.io import atomic_dir, atomic_path
+from pipeline.io import atomic_dir, atomic_path, write_npz
 
 
 def main() -> None:
@@ -36,8 +34,8 @@ def main() -> None:
     result = synthesize(model, extra["family"], dataset, cfg, sweep.drawn_per_exemplar(cfg.n_per_exemplar))
     with atomic_dir(args.out) as tmp:
         result.train.save(tmp)
-        np.savez_compressed(tmp / "novel.npz", exemplar_index=result.novel_exemplars, images=result.novel_images,
-                            labels=result.novel_labels)
+        write_npz(tmp / "novel.npz", exemplar_index=result.novel_exemplars, images=result.novel_images,
+                  labels=result.novel_labels)
     with atomic_path(args.samples) as tmp_png:
         sample_grid(result.grid_rows(dataset, cfg), inverted=dataset.inverted).save(tmp_png, format="PNG")
     print(f"synthesized {len(result.train.images)} drawings for {result.train.info['classes']} training classes and "

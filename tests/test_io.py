@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pipeline.io import atomic_dir, atomic_path, read_json, write_json
+from pipeline.io import atomic_dir, atomic_path, read_json, write_json, write_npz
 
 
 class Interrupted(RuntimeError):
@@ -106,3 +107,15 @@ def test_write_json_round_trip_and_missing_file(tmp_path: Path) -> None:
     assert list(data) == list(read_json(tmp_path / "metrics.json"))  # key order kept for DVC's table
     with pytest.raises(FileNotFoundError, match=r"nope\.json: not found; run the stage that writes it"):
         read_json(tmp_path / "nope.json")
+
+
+def test_write_npz_is_byte_deterministic_and_loads(tmp_path: Path) -> None:
+    arrays = {"images": np.arange(60, dtype=np.uint8).reshape(3, 1, 4, 5), "names": np.array(["a", "bc"])}
+    write_npz(tmp_path / "a.npz", **arrays)
+    write_npz(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
+        assert sorted(data.files) == ["images", "names"]
+        np.testing.assert_array_equal(data["images"], arrays["images"])
+        np.testing.assert_array_equal(data["names"], arrays["names"])
+    assert not list(tmp_path.glob(".*")), "no temporary file left beside it"

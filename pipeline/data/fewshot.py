@@ -16,7 +16,6 @@ seeded rule over each one-shot class's images (`assign_exemplars`). Nothing here
 from __future__ import annotations
 
 import dataclasses
-import io
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.images import ImageSpec
+from pipeline.io import write_npz
 
 ROLES = ("source", "train", "novel")
 # Fewest images a class of each role must have: a same-class pair, an exemplar and a held-out
@@ -83,14 +83,7 @@ class FewShotSet:
     def save(self, path: str | Path) -> None:
         """Write an .npz whose bytes depend only on the contents (no time stamps), so a rerun with
         the same inputs gives the same file and DVC reruns nothing after it."""
-        fields = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
-            for name, array in fields.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, array, allow_pickle=False)
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, buffer.getvalue())
+        write_npz(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @classmethod
     def load(cls, path: str | Path) -> FewShotSet:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import read_json, write_json
+from pipeline.io import read_json, write_json, write_npz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,7 @@ class SyntheticSet:
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        np.savez_compressed(folder / "synthetic.npz", images=self.images, labels=self.labels)
+        write_npz(folder / "synthetic.npz", images=self.images, labels=self.labels)
         write_json(folder / "manifest.json", {"generator": self.generator, "count": len(self.images), **self.info})
 
     @classmethod
