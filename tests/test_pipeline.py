@@ -317,7 +317,7 @@ def test_dvc_exp_run_switches_the_pipeline_to_a_class_folder_zip(kanji_exp: dict
                                                                   tmp_path: Path) -> None:
     workspace, env = smoke_run
     data = kanji_exp["data"]
-    params = data["params"]["params.yaml"]["data"]
+    params = data["params"]["params.yaml"]["data"]["data"]  # dvc exp show: file -> {"data": params}
     assert params["source"] == "folder" and params["image_size"] == 32
     metrics = data["metrics"]["reports/metrics.json"]["data"]
     assert list(metrics) == ["baseline", "classic", "vae", "gan", "oracle"]
