@@ -73,8 +73,9 @@ def per_episode_accuracy(net: SiameseNet, embeddings: torch.Tensor,
 
 
 def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
-    """Per variant: `acc_<protocol>` and `_ci95`; paired headline deltas to the baseline (for every
-    other variant) and to each `compare_with` reference (for the variants other than it and the baseline)."""
+    """Per variant: `acc_<protocol>` and `_ci95`; paired deltas, on the headline and the seen-class
+    protocol, to the baseline (for every other variant) and to each `compare_with` reference (for
+    the variants other than it and the baseline)."""
     for name, ref in [("baseline", cfg.baseline)] + [("compare_with", r) for r in cfg.compare_with]:
         if ref not in accuracy:
             raise ValueError(f"evaluation.{name}: {ref!r} is not among the variants {sorted(accuracy)}")
@@ -87,8 +88,10 @@ def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig)
             if variant in (ref, cfg.baseline):
                 continue
             # Same episodes for both: the per-episode difference gives a paired CI.
-            delta = f"delta_{cfg.headline}_vs_{ref}"
-            m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[cfg.headline] - accuracy[ref][cfg.headline])
+            for key in (cfg.headline, "seen"):
+                if key in per_protocol:
+                    delta = f"delta_{key}_vs_{ref}"
+                    m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[key] - accuracy[ref][key])
         metrics[variant] = {k: round(v, 5) for k, v in m.items()}
     return metrics
 

@@ -18,8 +18,9 @@ import yaml
 
 from pipeline.config import ParamsError, load_params
 
-# A profile states these whole (the variants it runs, the floors it is held to) rather than patching the defaults.
-REPLACED_WHOLE = ("variants", "gate.floors")
+# A profile states these whole (the variants it runs, the floors it is held to, the ordered role rule) rather
+# than patching the defaults.
+REPLACED_WHOLE = ("variants", "gate.floors", "data.roles")
 
 
 def overlay(base: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:

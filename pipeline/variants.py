@@ -1,8 +1,23 @@
-"""What each classifier variant trains on: real images per class, classic transforms, synthetic drawings."""
+"""What each classifier variant trains on: a list of training sources, with or without the classic transforms.
+
+A source kind gives images to some classes:
+
+- `exemplars`: each one-shot class's single seeded exemplar (what a one-shot method has);
+- `synthetic`: a generator's drawings of those exemplars (the generator named by `synthetic`);
+- `real`: every real image of each one-shot class, exemplar first (a ceiling: what no one-shot
+  method has);
+- `source`: every real image of each source class, as classes of their own (the many-example
+  classes the generators learn from).
+
+A variant's training set is one image pool per class, the kinds' images of that class joined in
+the order of `KINDS`. No kind gives images of the `calibration` or `novel` classes: those stay
+unseen by every classifier. Adding a kind is one function and one entry of `KINDS`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,41 +32,113 @@ from pipeline.data.synthetic import SyntheticSet
 
 @dataclasses.dataclass(frozen=True)
 class VariantConfig:
-    real_per_class: int = 1  # 1 = one-shot (the seeded exemplar); more: the exemplar and further real images (oracle)
-    classic: bool = True  # albumentations' affine transforms on the fly
-    synthetic: str = "none"  # generator whose synthetic drawings are added, or "none"
-    ceiling: bool = False  # a reference ceiling (sees real drawings a one-shot method never has)
+    train_on: tuple[str, ...] = ("exemplars",)  # source kinds (KINDS): exemplars, synthetic, real, source
+    synthetic: str = "none"  # the generator whose drawings `synthetic` adds, or "none"
+    real_per_class: int | None = None  # `real`: at most this many real images per one-shot class (null: all)
+    classic: bool = True  # albumentations' affine transforms on the fly, on every pool
+
+    @property
+    def ceiling(self) -> bool:
+        """A reference ceiling: it sees real images of the one-shot classes that a one-shot method never has."""
+        return "real" in self.train_on
+
+    @property
+    def uses_source(self) -> bool:
+        return "source" in self.train_on
 
     def validate(self, key: str) -> None:
-        _check(self.real_per_class >= 1, f"{key}.real_per_class", self.real_per_class,
-               "a count >= 1 of real images per class (a class with fewer gives all it has)")
+        _check(len(self.train_on) > 0 and set(self.train_on) <= set(KINDS)
+               and len(set(self.train_on)) == len(self.train_on), f"{key}.train_on", list(self.train_on),
+               f"a list of distinct source kinds among {', '.join(KINDS)}")
+        _check(not {"exemplars", "real"} <= set(self.train_on), f"{key}.train_on", list(self.train_on),
+               "`exemplars` or `real`, not both (`real` already holds each exemplar)")
+        _check(("synthetic" in self.train_on) == (self.synthetic != "none"), f"{key}.synthetic", self.synthetic,
+               "a generator name exactly when train_on lists `synthetic` (else none)")
+        _check(self.real_per_class is None or self.real_per_class >= 1, f"{key}.real_per_class",
+               self.real_per_class, "a count >= 1 of real images per one-shot class, or null for all")
+        _check(self.real_per_class is None or "real" in self.train_on, f"{key}.real_per_class",
+               self.real_per_class, "null unless train_on lists `real`")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """What the kinds draw from: the prepared set, the generator's drawings, how many of them per class."""
+
+    dataset: FewShotSet
+    synthetic: SyntheticSet
+    n_synthetic: int | None
+    variant: VariantConfig
+
+
+def _exemplars(s: Sources) -> dict[int, np.ndarray]:
+    d = s.dataset
+    return {int(c): d.images[[ex]] for c, ex in zip(d.classes("train"), d.exemplar_indices(), strict=True)}
+
+
+def _synthetic(s: Sources) -> dict[int, np.ndarray]:
+    return {int(c): s.synthetic.for_class(int(c), s.n_synthetic) for c in s.dataset.classes("train")}
+
+
+def _real(s: Sources) -> dict[int, np.ndarray]:
+    d, n = s.dataset, s.variant.real_per_class
+    pools = {}
+    for c, ex in zip(d.classes("train"), d.exemplar_indices(), strict=True):
+        others = np.flatnonzero((d.labels == c) & (np.arange(len(d.labels)) != ex))
+        pools[int(c)] = d.images[np.concatenate([[ex], others if n is None else others[: n - 1]])]
+    return pools
+
+
+def _source(s: Sources) -> dict[int, np.ndarray]:
+    d = s.dataset
+    return {int(c): d.images[np.flatnonzero(d.labels == c)] for c in d.classes("source")}
+
+
+# Kind -> the images it gives, per class index. The order of this table is the order within a pool.
+KINDS: dict[str, Callable[[Sources], dict[int, np.ndarray]]] = {
+    "exemplars": _exemplars, "real": _real, "synthetic": _synthetic, "source": _source}
+
+
+def training_set(dataset: FewShotSet, variant: VariantConfig, synthetic: SyntheticSet,
+                 n_synthetic: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(class indices [K], one uint8 image pool [n_c, C, S, S] per class) of a variant, classes in class order.
+
+    `n_synthetic`: the first this many synthetic drawings of each class (all when None). A class
+    without images (a one-shot class the generator drew nothing for, with `synthetic` alone) is left out.
+    """
+    if "synthetic" in variant.train_on and synthetic.generator != variant.synthetic:
+        raise ValueError(f"the synthetic set holds drawings of {synthetic.generator!r}, but the variant trains "
+                         f"on {variant.synthetic!r}'s")
+    sources = Sources(dataset, synthetic, n_synthetic, variant)
+    parts: dict[int, list[np.ndarray]] = {}
+    for kind in KINDS:
+        if kind in variant.train_on:
+            for c, images in KINDS[kind](sources).items():
+                parts.setdefault(c, []).append(images)
+    classes = np.array(sorted(c for c, p in parts.items() if sum(len(x) for x in p)), dtype=np.int64)
+    unseen = np.isin(dataset.class_role[classes], ("calibration", "novel"))
+    assert not unseen.any(), f"a training source gave images of held-out classes {classes[unseen]}"
+    return classes, [np.concatenate(parts[int(c)]) for c in classes]
 
 
 def training_pools(dataset: FewShotSet, variant: VariantConfig, synthetic: SyntheticSet,
                    n_synthetic: int | None = None) -> list[np.ndarray]:
-    """One uint8 image array [n_c, C, S, S] per one-shot training class: its real images plus its synthetic ones.
-
-    The exemplar always comes first; further real images (oracle) follow in image order, then
-    the first `n_synthetic` synthetic drawings of the class (all when None).
-    """
-    pools = []
-    for c, ex in zip(dataset.classes("train"), dataset.exemplar_indices(), strict=True):
-        others = np.flatnonzero((dataset.labels == c) & (np.arange(len(dataset.labels)) != ex))
-        real = np.concatenate([[ex], others[: variant.real_per_class - 1]])
-        pools.append(np.concatenate([dataset.images[real], synthetic.for_class(int(c), n_synthetic)]))
-    return pools
+    """The pools of `training_set`, without the class indices."""
+    return training_set(dataset, variant, synthetic, n_synthetic)[1]
 
 
 def source_pools(dataset: FewShotSet) -> list[np.ndarray]:
-    """Every real image of each source class, one uint8 array [n_c, C, S, S] per class (the reference's data)."""
-    return [dataset.images[np.flatnonzero(dataset.labels == c)] for c in dataset.classes("source")]
+    """Every real image of each source class, one pool per class: the reference embedding's data."""
+    none = SyntheticSet(images=dataset.images[:0], labels=dataset.labels[:0], generator="none")
+    return training_pools(dataset, VariantConfig(train_on=("source",)), none)
 
 
 def fit_generator_variant(dataset: FewShotSet, synthetic: SyntheticSet, n_synthetic: int, cfg: SiameseConfig,
-                          trainer_cfg: TrainerConfig, augment: ClassicAugmentConfig) -> SiameseNet:
+                          trainer_cfg: TrainerConfig, augment: ClassicAugmentConfig,
+                          with_source: bool = False) -> SiameseNet:
     """A generator variant's classifier without logging: each exemplar plus its first `n_synthetic`
-    synthetic drawings, classic transforms on top, every other setting as the variants'. What the
-    sweep and benchmarks/seeds.py train for each of their points."""
-    variant = VariantConfig(real_per_class=1, classic=True, synthetic=synthetic.generator)
+    synthetic drawings (and the source classes when `with_source`), classic transforms on top,
+    every other setting as the variants'. What the sweep and benchmarks train for each of their points."""
+    kinds = ("exemplars", "synthetic") + (("source",) if with_source else ())
+    variant = VariantConfig(train_on=kinds, synthetic=synthetic.generator)
     pools = training_pools(dataset, variant, synthetic, n_synthetic=n_synthetic)
     return fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))

@@ -58,6 +58,7 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
             run_info = read_json(Path(args.classifiers) / variant / "run.json")
             vtags = tracking.run_tags(kind="variant", variant=variant, generator=vcfg.synthetic,
                                       run_group=group, ceiling=str(vcfg.ceiling).lower(),
+                                      train_on="+".join(vcfg.train_on), source_classes=str(vcfg.uses_source).lower(),
                                       training_run_id=run_info.get("mlflow_run_id") or "")
             label = f"{variant} (ceiling)" if vcfg.ceiling else variant
             with mlflow.start_run(run_name=label, nested=True, tags=vtags) as child:

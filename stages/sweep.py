@@ -34,8 +34,9 @@ from pipeline.variants import fit_generator_variant
 def reusable(ckpt: dict, generator: str, cfg: SiameseConfig, augment: ClassicAugmentConfig) -> int | None:
     """The synthetic count a pipeline classifier was trained with, if it matches a sweep point exactly."""
     v = ckpt.get("variant_config", {})
-    if (v.get("synthetic") not in ("none", generator) or v.get("real_per_class") != 1 or not v.get("classic")
-            or ckpt.get("siamese_config") != dataclasses.asdict(cfg)
+    kinds = list(v.get("train_on", ()))
+    if (not (kinds == ["exemplars"] or (kinds == ["exemplars", "synthetic"] and v.get("synthetic") == generator))
+            or not v.get("classic") or ckpt.get("siamese_config") != dataclasses.asdict(cfg)
             or ckpt.get("augment_config") != dataclasses.asdict(augment)):
         return None
     return int(ckpt["images_per_class"][0]) - 1

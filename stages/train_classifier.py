@@ -1,10 +1,11 @@
-"""Stage `train_classifier@<variant>`: train the Siamese network on one variant's training set, then
-calibrate its verification threshold on pairs of source classes (which no classifier trains on)."""
+"""Stage `train_classifier@<variant>`: train the Siamese network on one variant's training sources, then
+calibrate its verification threshold on pairs of the calibration classes (which no classifier trains on)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
 
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
 
@@ -12,14 +13,14 @@ from pipeline import tracking
 from pipeline.checkpoints import FILENAME
 from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import save_siamese
-from pipeline.classifiers.training import calibrate_on_source, fit_siamese, seen_validation
+from pipeline.classifiers.training import calibrate_on_held_out, calibration_classes, fit_siamese, seen_validation
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.synthetic import SyntheticSet
 from pipeline.io import atomic_dir, write_json
 from pipeline.training import configure_torch
-from pipeline.variants import VariantConfig, training_pools
+from pipeline.variants import VariantConfig, training_set
 
 
 def main() -> None:
@@ -41,13 +42,14 @@ def main() -> None:
     configure_torch(trainer_cfg)
 
     dataset = FewShotSet.load(args.data)
+    calibration_classes(dataset)  # before the training, not after
     synthetic = SyntheticSet.load(args.synthetic)
     if synthetic.generator != variant.synthetic:
         raise ValueError(f"{args.synthetic} holds drawings of generator {synthetic.generator!r}, but "
                          f"variants.{args.variant}.synthetic is {variant.synthetic!r}")
     # The first `synthesis.n_per_exemplar` of each class, as the set records it: the synthesis stage
     # may draw more, for the sweep.
-    pools = training_pools(dataset, variant, synthetic, synthetic.variant_count)
+    classes, pools = training_set(dataset, variant, synthetic, synthetic.variant_count)
     transform = classic_transform(augment, cfg.seed) if variant.classic else None
 
     with atomic_dir(args.out) as tmp:
@@ -58,14 +60,16 @@ def main() -> None:
                 tags=tracking.run_tags(kind="training", variant=args.variant, generator=variant.synthetic)))
         net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=transform,
                           val_data=seen_validation(dataset, cfg.seed))
-        verify = calibrate_on_source(net, dataset, cfg)
+        verify = calibrate_on_held_out(net, dataset, cfg)
         if uri is not None:
             loggers[1].log_metrics({"verify/threshold": verify.threshold, "verify/far": verify.far,
                                     "verify/frr": verify.frr}, step=cfg.max_steps)
         save_siamese(net, tmp / FILENAME, extra={
             "variant": args.variant, "variant_config": dataclasses.asdict(variant),
             "siamese_config": dataclasses.asdict(cfg), "augment_config": dataclasses.asdict(augment),
-            "images_per_class": [len(p) for p in pools], "verify": dataclasses.asdict(verify),
+            "images_per_class": [len(p) for p in pools], "classes_by_role": dict(
+                sorted(Counter(dataset.class_role[classes].tolist()).items())),
+            "verify": dataclasses.asdict(verify),
             "image_spec": dataclasses.asdict(dataset.spec),
         })
         write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})

@@ -33,7 +33,7 @@ class ChoiceConfig:
 def test_from_dict_builds_frozen_config_with_defaults() -> None:
     cfg = from_dict(DataConfig, {"image_size": 32, "max_classes_per_group": 3}, "data")
     assert cfg == DataConfig(image_size=32, max_classes_per_group=3)
-    assert cfg.roles == {"source": 20, "train": None} and cfg.download is None
+    assert cfg.roles == {"source": 20, "calibration": 2, "train": None} and cfg.download is None
     assert cfg.source == "omniglot" and cfg.channels == 1 and cfg.invert is True
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.image_size = 64  # type: ignore[misc]
@@ -206,7 +206,7 @@ def test_project_params_load_and_validate() -> None:
     params = load_params(ROOT / "params.yaml")
     data = section(params, DataConfig, "data")
     assert data.download is not None
-    assert data.source == "omniglot" and data.roles == {"source": 20, "train": None}
+    assert data.source == "omniglot" and data.roles == {"source": 20, "calibration": 2, "train": None}
     assert section(params, EvaluationConfig, "evaluation").within_group_way == 20
     assert section(params, TrainerConfig, "trainer").devices == 1
 

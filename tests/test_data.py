@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import itertools
 import socket
 import threading
 import zipfile
@@ -329,9 +330,10 @@ def test_prepare_small_subset_roles(tiny_omniglot: tuple[FewShotSet, dict],
                                     tiny_prepared: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     summary = role_summary(dataset)
-    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 40, "train": 20, "novel": 40}
-    assert {r: v["classes"] for r, v in summary.items()} == {"source": 40, "train": 20, "novel": 40}
-    assert {r: v["images"] for r, v in summary.items()} == {"source": 800, "train": 400, "novel": 800}
+    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 40, "calibration": 4, "train": 16, "novel": 40}
+    assert {r: v["classes"] for r, v in summary.items()} == {"source": 40, "calibration": 4, "train": 16, "novel": 40}
+    assert {r: v["images"] for r, v in summary.items()} == {"source": 800, "calibration": 80, "train": 320,
+                                                          "novel": 800}
     assert dataset.images.shape == (2000, 1, 28, 28) and dataset.images.dtype == np.uint8
     assert (dataset.image_size, dataset.channels, dataset.inverted) == (28, 1, True)
     assert dataset.spec == ImageSpec(28, 1, True)
@@ -339,7 +341,8 @@ def test_prepare_small_subset_roles(tiny_omniglot: tuple[FewShotSet, dict],
     assert dataset.instance_names.tolist() == [f"drawer{d:02d}" for d in range(1, DRAWERS + 1)]
     for c in range(len(dataset.class_role)):
         assert sorted(dataset.instances[dataset.labels == c]) == list(range(DRAWERS))
-    assert {r: len(v["groups"]) for r, v in summary.items()} == {"source": 20, "train": 10, "novel": 20}
+    assert {r: len(v["groups"]) for r, v in summary.items()} == {"source": 20, "calibration": 2, "train": 8,
+                                                                 "novel": 20}
     # Class names are "<Alphabet>/characterNN", unique; each class's group is its alphabet.
     assert len(set(dataset.class_names.tolist())) == len(dataset.class_names) == 100
     for name, group in zip(dataset.class_names, dataset.class_group, strict=True):
@@ -361,10 +364,11 @@ def test_manifest_alphabets_are_disjoint_and_split_by_zip(tiny_omniglot: tuple[F
                                                           omniglot_zips: dict[str, Path]) -> None:
     dataset, manifest = tiny_omniglot
     groups = {r: v["groups"] for r, v in role_summary(dataset).items()}
-    source, train, novel = (set(groups[r]) for r in ROLES)
-    assert not (source & train) and not (source & novel) and not (train & novel)
+    source, calibration, train, novel = (set(groups[r]) for r in ROLES)
+    for a, b in itertools.combinations((source, calibration, train, novel), 2):
+        assert not a & b
     background = {i.alphabet for i in list_zip(omniglot_zips["images_background"], "images_background")}
-    assert source | train == background
+    assert source | calibration | train == background
     assert not novel & background
     for r in ROLES:
         assert set(dataset.class_group[dataset.classes(r)]) == set(groups[r])
@@ -408,7 +412,7 @@ def test_prepare_is_seeded(omniglot_dir: Path, tiny_prepared: tuple[FewShotSet, 
 
     other_split = prepare_dataset(DataConfig(path=str(omniglot_dir), max_classes_per_group=2, split_seed=1))[1]
     assert set(other_split["roles"]["train"]["groups"]) != set(manifest["roles"]["train"]["groups"])
-    assert len(other_split["roles"]["train"]["groups"]) == 10
+    assert len(other_split["roles"]["train"]["groups"]) == 8
     # The evaluation alphabets never move.
     assert other_split["roles"]["novel"]["groups"] == manifest["roles"]["novel"]["groups"]
 
@@ -444,7 +448,8 @@ def test_too_many_source_alphabets_for_the_zip(tmp_path: Path) -> None:
         prepare_dataset(DataConfig(path=str(folder), roles={"source": 2, "train": None}))
     dataset, manifest = prepare_dataset(DataConfig(path=str(folder), roles={"source": 1, "train": None},
                                                    image_size=16))
-    assert {r: v["classes"] for r, v in manifest["roles"].items()} == {"source": 2, "train": 2, "novel": 2}
+    assert {r: v["classes"] for r, v in manifest["roles"].items()} == {"source": 2, "calibration": 0, "train": 2,
+                                                                        "novel": 2}
     assert manifest["roles"]["novel"]["groups"] == ["Atlantean"]
     assert dataset.images.shape == (120, 1, 16, 16)
 

@@ -137,6 +137,20 @@ def test_summarize_compares_with_further_references() -> None:
         summarize(accuracy, EvaluationConfig(ways=(20,), compare_with=("oracle",)))
 
 
+def test_summarize_pairs_the_seen_class_protocol_too() -> None:
+    """Deltas on the headline and on the one-shot classes themselves (`seen`), each paired per episode."""
+    accuracy = {"baseline": {"20way": np.array([0.2, 0.4]), "5way": np.array([0.5, 0.5]), "seen": np.array([0.3, 0.3])},
+                "src_classic": {"20way": np.array([0.8, 0.8]), "5way": np.array([0.9, 0.9]),
+                                "seen": np.array([0.6, 0.7])},
+                "src_gan": {"20way": np.array([0.8, 0.9]), "5way": np.array([0.9, 1.0]), "seen": np.array([0.7, 0.9])}}
+    m = summarize(accuracy, EvaluationConfig(ways=(20, 5), compare_with=("src_classic",)))
+    assert m["src_gan"]["delta_seen_vs_src_classic"] == pytest.approx(0.15)
+    assert m["src_gan"]["delta_seen_vs_src_classic_ci95"] == pytest.approx(ci95([0.1, 0.2]), abs=1e-5)
+    assert m["src_gan"]["delta_20way_vs_src_classic"] == pytest.approx(0.05)
+    assert m["src_classic"]["delta_seen_vs_baseline"] == pytest.approx(0.35)
+    assert not any(k.startswith("delta_5way") for v in m.values() for k in v), "the headline and seen only"
+
+
 def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
     """Copies of the exemplar: consistent, no diversity. Drawings of other classes: low consistency."""
     dataset, _ = tiny_omniglot

@@ -274,7 +274,7 @@ def test_seeded_rule_over_groups(tmp_path: Path) -> None:
     dataset, manifest = folder.load(config(tmp_path / "data", roles=rule, split_seed=5))
     by_group = {str(g): str(r) for g, r in zip(dataset.class_group, dataset.class_role, strict=True)}
     per_role = {r: sorted(g for g, role in by_group.items() if role == r) for r in ROLES}
-    assert {r: len(gs) for r, gs in per_role.items()} == {"source": 2, "train": 3, "novel": 1}
+    assert {r: len(gs) for r, gs in per_role.items()} == {"source": 2, "calibration": 0, "train": 3, "novel": 1}
     assert by_group == assign_roles([f"g{g}" for g in range(6)], rule, 5)
     assert manifest["split"] == {"roles": rule, "seed": 5}
     again, _ = folder.load(config(tmp_path / "data", roles=rule, split_seed=5))
@@ -287,9 +287,11 @@ def test_seeded_rule_over_groups(tmp_path: Path) -> None:
 def test_seeded_rule_in_the_flat_layout_splits_classes(tmp_path: Path) -> None:
     write_classes(tmp_path / "data", {f"class{c}": ["x", "y"] for c in range(7)})
     dataset, _ = folder.load(config(tmp_path / "data", roles={"source": 3, "train": 2}))
-    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 3, "train": 2, "novel": 2}
+    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 3, "calibration": 0, "train": 2, "novel": 2}
     rest, _ = folder.load(config(tmp_path / "data", roles={"source": 3, "train": None}))
-    assert {r: len(rest.classes(r)) for r in ROLES} == {"source": 3, "train": 4, "novel": 0}
+    assert {r: len(rest.classes(r)) for r in ROLES} == {"source": 3, "calibration": 0, "train": 4, "novel": 0}
+    held_out, _ = folder.load(config(tmp_path / "data", roles={"source": 3, "calibration": 2, "train": None}))
+    assert {r: len(held_out.classes(r)) for r in ROLES} == {"source": 3, "calibration": 2, "train": 2, "novel": 0}
 
 
 def write_split(path: Path, header: str, rows: list[tuple[str, str]]) -> Path:
@@ -315,8 +317,8 @@ def test_split_file_by_group(grouped_root: Path, tmp_path: Path) -> None:
                         [("greek", "source"), ("latin", "train"), ("runic", "novel")])
     dataset, manifest = prepare_dataset(config(grouped_root, split_file=str(split)))
     assert dataset.class_role.tolist() == ["source"] * 3 + ["train"] * 2 + ["novel"] * 2
-    assert {r: v["groups"] for r, v in manifest["roles"].items()} == {"source": ["greek"], "train": ["latin"],
-                                                                       "novel": ["runic"]}
+    assert {r: v["groups"] for r, v in manifest["roles"].items()} == {"source": ["greek"], "calibration": [],
+                                                                       "train": ["latin"], "novel": ["runic"]}
 
 
 def test_split_file_path_is_relative_to_the_project_root(tmp_path: Path) -> None:
@@ -356,7 +358,7 @@ def test_one_seeded_exemplar_per_train_class(tmp_path: Path) -> None:
 def kanji(kanji_zip: Path) -> tuple[FewShotSet, dict]:
     """The first 3 classes of each of the 24 groups (72 classes x 20 fonts), 64 x 64 source downsized to 32."""
     return prepare_dataset(config(kanji_zip, subdir="kanji", image_size=32, max_classes_per_group=3,
-                                  roles={"source": 16, "train": 4}))
+                                  roles={"source": 16, "train": 4, "calibration": 1}))
 
 
 def test_kanji_zip_fonts_are_the_instances(kanji: tuple[FewShotSet, dict], kanji_zip: Path) -> None:
@@ -380,7 +382,8 @@ def test_kanji_zip_fonts_are_the_instances(kanji: tuple[FewShotSet, dict], kanji
     np.testing.assert_array_equal(dataset.images[i, 0], expected)
     # Dark glyphs on light paper, inverted: mostly 0, strokes bright.
     assert (dataset.images == 0).mean() > 0.5 and (dataset.images.reshape(len(dataset.images), -1).max(1) > 128).all()
-    assert {r: v["classes"] for r, v in manifest["roles"].items()} == {"source": 48, "train": 12, "novel": 12}
+    assert {r: v["classes"] for r, v in manifest["roles"].items()} == {"source": 48, "calibration": 3, "train": 12,
+                                                                        "novel": 9}
     assert (manifest["layout"], manifest["source"], manifest["subdir"]) == ("grouped", "folder", "kanji")
 
 
@@ -503,7 +506,7 @@ def test_split_file_naming_an_unknown_role(grouped_root: Path, tmp_path: Path) -
     split = write_split(tmp_path / "split.csv", "group,role", [("greek", "source"), ("latin", "test")])
     with pytest.raises(DataError) as err:
         folder.load(config(grouped_root, split_file=str(split)))
-    assert str(err.value) == f"{split}:3: unknown role 'test'; roles are source, train, novel"
+    assert str(err.value) == f"{split}:3: unknown role 'test'; roles are source, calibration, train, novel"
 
 
 def test_split_file_leaving_a_class_without_a_role(grouped_root: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +260,7 @@ def test_the_empty_set_gives_nothing_for_any_count() -> None:
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_pools_hold_the_exemplar_then_k_synthetic_drawings(coded_dataset: FewShotSet, k: int) -> None:
     synthetic = drawn_set()
-    variant = VariantConfig(real_per_class=1, synthetic="gan")
+    variant = VariantConfig(train_on=("exemplars", "synthetic"), synthetic="gan")
     pools = training_pools(coded_dataset, variant, synthetic, n_synthetic=k)
     full = training_pools(coded_dataset, variant, synthetic)
     for c, pool, whole in zip(TRAIN, pools, full, strict=True):
@@ -272,7 +273,8 @@ def test_pools_hold_the_exemplar_then_k_synthetic_drawings(coded_dataset: FewSho
 
 def test_pools_refuse_more_synthetic_drawings_than_drawn(coded_dataset: FewShotSet) -> None:
     with pytest.raises(ValueError, match="5 synthetic drawings of class 1 were asked for"):
-        training_pools(coded_dataset, VariantConfig(synthetic="gan"), drawn_set(), n_synthetic=5)
+        training_pools(coded_dataset, VariantConfig(train_on=("exemplars", "synthetic"), synthetic="gan"), drawn_set(),
+                       n_synthetic=5)
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -296,14 +298,16 @@ AUGMENT = ClassicAugmentConfig()
 
 def classifier_ckpt(variant: VariantConfig, synthetic_per_class: int = 0, siamese: SiameseConfig = SIAMESE,
                     augment: ClassicAugmentConfig = AUGMENT) -> dict:
-    """What train_classifier writes beside the weights (see stages/train_classifier.py)."""
-    return {"variant": "x", "variant_config": dataclasses.asdict(variant),
+    """What train_classifier writes beside the weights (see stages/train_classifier.py), as JSON reads it back."""
+    real = 1 if "exemplars" in variant.train_on else 20
+    return {"variant": "x", "variant_config": json.loads(json.dumps(dataclasses.asdict(variant))),
             "siamese_config": dataclasses.asdict(siamese), "augment_config": dataclasses.asdict(augment),
-            "images_per_class": [variant.real_per_class + synthetic_per_class] * 3}
+            "images_per_class": [real + synthetic_per_class] * 3}
 
 
-CLASSIC = VariantConfig(real_per_class=1, classic=True, synthetic="none")
-GAN = VariantConfig(real_per_class=1, classic=True, synthetic="gan")
+CLASSIC = VariantConfig(train_on=("exemplars",))
+GAN = VariantConfig(train_on=("exemplars", "synthetic"), synthetic="gan")
+VAE = VariantConfig(train_on=("exemplars", "synthetic"), synthetic="vae")
 
 
 def test_reusable_reads_a_saved_classifier(tmp_path: Path) -> None:
@@ -320,13 +324,16 @@ def test_reusable_reads_a_saved_classifier(tmp_path: Path) -> None:
         (classifier_ckpt(CLASSIC), 0),
         (classifier_ckpt(GAN, 20), 20),
         (classifier_ckpt(GAN, 5), 5),
-        (classifier_ckpt(VariantConfig(synthetic="vae"), 20), None),  # another generator's drawings
-        (classifier_ckpt(VariantConfig(real_per_class=20, synthetic="none", ceiling=True)), None),  # oracle
-        (classifier_ckpt(VariantConfig(classic=False, synthetic="none")), None),  # baseline: no classic transforms
+        (classifier_ckpt(VAE, 20), None),  # another generator's drawings
+        (classifier_ckpt(VariantConfig(train_on=("real",))), None),  # oracle
+        (classifier_ckpt(VariantConfig(classic=False)), None),  # baseline: no classic transforms
+        (classifier_ckpt(VariantConfig(train_on=("exemplars", "source"))), None),  # src_classic: source classes too
+        (classifier_ckpt(dataclasses.replace(GAN, train_on=("exemplars", "synthetic", "source")), 20), None),
         (classifier_ckpt(GAN, 20, siamese=dataclasses.replace(SIAMESE, max_steps=11)), None),
         (classifier_ckpt(CLASSIC, augment=dataclasses.replace(AUGMENT, rotate=5.0)), None),
     ],
-    ids=["classic", "gan", "gan-5", "vae", "oracle", "baseline", "siamese-changed", "augment-changed"],
+    ids=["classic", "gan", "gan-5", "vae", "oracle", "baseline", "src_classic", "src_gan", "siamese-changed",
+         "augment-changed"],
 )
 def test_reusable_only_for_the_same_settings(ckpt: dict, expected: int | None) -> None:
     assert reusable(ckpt, "gan", SIAMESE, AUGMENT) == expected

@@ -79,3 +79,13 @@ def test_stages_stay_thin(script: str) -> None:
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
         n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     assert not used & BUILDS, f"stages/{script} builds {sorted(used & BUILDS)} itself"
+
+
+def test_every_variant_names_its_synthetic_input() -> None:
+    """dvc.yaml reads `variants.<name>.synthetic` for the stage's input folder: a variant without it stops
+    `dvc repro` with "Could not find 'item.synthetic'", in params.yaml and in every profile."""
+    files = [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]
+    for path in files:
+        variants = (yaml.safe_load(path.read_text()) or {}).get("variants") or {}
+        for name, raw in variants.items():
+            assert "synthetic" in raw, f"{path.name}: variants.{name} lacks `synthetic`"

@@ -33,6 +33,7 @@ from pipeline.profile import make_workspace
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROTOCOLS = ("acc_20way", "acc_5way", "acc_20way_within", "acc_seen")
+VARIANTS = ["baseline", "classic", "vae", "gan", "oracle", "src_classic", "src_vae", "src_gan", "src_oracle"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -54,7 +55,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, omniglot_dir: Path) -> t
 def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str, str]]) -> None:
     workspace, _ = smoke_run
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
-    assert list(metrics) == ["baseline", "classic", "vae", "gan", "oracle"]
+    assert list(metrics) == VARIANTS
     for variant, m in metrics.items():
         for key in PROTOCOLS:
             assert 0.0 <= m[key] <= 1.0, (variant, key, m[key])
@@ -65,6 +66,11 @@ def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str,
             assert m["delta_20way_vs_baseline"] == pytest.approx(m["acc_20way"] - metrics["baseline"]["acc_20way"],
                                                                  abs=2e-5)
             assert m["delta_20way_vs_baseline_ci95"] > 0
+            assert m["delta_seen_vs_baseline"] == pytest.approx(m["acc_seen"] - metrics["baseline"]["acc_seen"],
+                                                                abs=2e-5)
+        for ref in ("classic", "src_classic"):  # evaluation.compare_with
+            if variant not in (ref, "baseline"):
+                assert m[f"delta_seen_vs_{ref}"] == pytest.approx(m["acc_seen"] - metrics[ref]["acc_seen"], abs=2e-5)
     # Chance is 1/20; even the quick profile's classifiers are far above it.
     assert min(m["acc_20way"] for m in metrics.values()) > 0.15
     for generator in ("vae", "gan"):
@@ -85,6 +91,17 @@ def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str,
     for picture in ("samples_vae.png", "samples_gan.png", "curves.png", "accuracy.png", "sweep.png"):
         assert (workspace / "reports" / picture).stat().st_size > 1000
     assert (workspace / "models" / "reference" / "model.safetensors").is_file()
+    # What each classifier trained on, as its checkpoint records it: the one-shot classes always, the
+    # source classes for the src_* variants, never a calibration or novel class; its verification
+    # threshold was set on the calibration classes.
+    dataset = FewShotSet.load(workspace / "data" / "prepared" / "dataset.npz")
+    roles = {r: len(dataset.classes(r)) for r in ("source", "calibration", "train")}
+    assert roles["calibration"] >= 2
+    for variant in VARIANTS:
+        _, extra = load_siamese(workspace / "models" / "classifiers" / variant)
+        expected = {"train": roles["train"]} | ({"source": roles["source"]} if variant.startswith("src_") else {})
+        assert extra["classes_by_role"] == expected, variant
+        assert 0.0 <= extra["verify"]["far"] <= 1.0
     for table in ("curves.csv", "accuracy.csv"):
         assert (workspace / "reports" / "plots" / table).stat().st_size > 100
 
@@ -148,7 +165,7 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
         assert r.info.status == "FINISHED"
     (parent,) = by_kind["pipeline"]
     children = {r.data.tags["variant"]: r for r in by_kind["variant"]}
-    assert set(children) == {"baseline", "classic", "vae", "gan", "oracle"}
+    assert set(children) == set(VARIANTS)
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
     for variant, r in children.items():
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -159,7 +176,10 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
         assert len(client.get_metric_history(r.info.run_id, "train/loss")) > 3, "learning curve"
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert "history" in artifacts
-    assert children["oracle"].data.tags["ceiling"] == "true"
+    assert children["oracle"].data.tags["ceiling"] == children["src_oracle"].data.tags["ceiling"] == "true"
+    assert children["src_gan"].data.tags["train_on"] == "exemplars+synthetic+source"
+    assert {v for v, r in children.items() if r.data.tags["source_classes"] == "true"} == \
+        {v for v in VARIANTS if v.startswith("src_")}
     assert children["vae"].data.tags["generator"] == "vae"
     for generator in ("vae", "gan"):
         run_id = children[generator].info.run_id
@@ -291,7 +311,8 @@ def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run:
 
 
 KANJI_SETTINGS = ["data.source=folder", "data.subdir=kanji", "data.image_size=32", "data.roles.source=12",
-                  "data.roles.train=4", "data.max_classes_per_group=20", "tracking.experiment=kanji-oneshot-smoke"]
+                  "data.roles.calibration=1", "data.roles.train=4", "data.max_classes_per_group=20",
+                  "tracking.experiment=kanji-oneshot-smoke"]
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +341,7 @@ def test_dvc_exp_run_switches_the_pipeline_to_a_class_folder_zip(kanji_exp: dict
     params = data["params"]["params.yaml"]["data"]["data"]  # dvc exp show: file -> {"data": params}
     assert params["source"] == "folder" and params["image_size"] == 32
     metrics = data["metrics"]["reports/metrics.json"]["data"]
-    assert list(metrics) == ["baseline", "classic", "vae", "gan", "oracle"]
+    assert list(metrics) == VARIANTS
     for variant, m in metrics.items():
         assert 0.05 < m["acc_20way"] <= 1.0, (variant, m["acc_20way"])  # chance is 1/20
     assert metrics["classic"]["delta_20way_vs_baseline"] > 0.05, "classic transforms help on printed kanji too"

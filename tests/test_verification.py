@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,10 @@ import torch
 from pipeline.classifiers.fewshot import embed_all
 from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import SiameseNet
-from pipeline.classifiers.training import calibrate_verification
+from pipeline.classifiers.training import calibrate_on_held_out, calibrate_verification, calibration_classes
 from pipeline.classifiers.verification import calibrate_threshold, error_rates, parse_target, sample_pairs
 from pipeline.config import ParamsError, from_dict
-from pipeline.data.fewshot import FewShotSet
+from pipeline.data.fewshot import DataError, FewShotSet
 from pipeline.data.images import to_tensor
 
 
@@ -136,3 +138,21 @@ def test_calibrate_verification_scores_pairs_as_verify_does(tiny_omniglot: tuple
     far, frr = error_rates(sims, pairs.same, np.array([cal.threshold]))
     assert (cal.far, cal.frr) == (far[0], frr[0])
     assert abs(cal.far - cal.frr) <= 0.02  # 100 pairs of each kind: FAR and FRR move in steps of 0.01
+
+
+def test_the_saved_threshold_is_set_on_calibration_classes_only(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
+    """The pairs come from the calibration classes (no model trains on them), and without such classes the
+    stage is refused before it trains, naming the params to set."""
+    dataset, _ = tiny_omniglot
+    torch.manual_seed(0)
+    net = SiameseNet(28, channels=8, embedding_dim=16).eval()
+    cfg = SiameseConfig(verify_pairs=50)
+    calibration = dataset.classes("calibration")
+    assert len(calibration) >= 2 and dataset.class_role[calibration].tolist() == ["calibration"] * len(calibration)
+    pairs = sample_pairs(dataset.labels, calibration, cfg.verify_pairs, np.random.default_rng(cfg.seed))
+    assert set(dataset.labels[np.concatenate([pairs.a, pairs.b])]) <= set(calibration.tolist())
+    assert calibrate_on_held_out(net, dataset, cfg) == calibrate_verification(net, dataset.images, pairs, "eer")
+    without = dataclasses.replace(dataset, class_role=np.where(dataset.class_role == "calibration", "novel",
+                                                               dataset.class_role))
+    with pytest.raises(DataError, match=r"0 calibration classes.*Add `calibration: 2` \(groups\) to data\.roles"):
+        calibration_classes(without)

@@ -16,7 +16,7 @@ from pipeline.classifiers.verification import Calibration, Pairs, calibrate_thre
 from pipeline.config import TrainerConfig
 from pipeline.data.batches import PairBatches
 from pipeline.data.episodes import sample_episodes
-from pipeline.data.fewshot import FewShotSet
+from pipeline.data.fewshot import DataError, FewShotSet
 from pipeline.data.images import to_tensor
 from pipeline.training import build_trainer, export_model, prepare_model
 
@@ -73,8 +73,20 @@ def calibrate_verification(net: SiameseNet, images: np.ndarray, pairs: Pairs, ta
     return calibrate_threshold(sims.cpu().numpy(), pairs.same, target)
 
 
-def calibrate_on_source(net: SiameseNet, dataset: FewShotSet, cfg: SiameseConfig) -> Calibration:
-    """The saved threshold: `cfg.verify_pairs` same- and different-class pairs of the source classes,
-    which no classifier trains on."""
-    pairs = sample_pairs(dataset.labels, dataset.classes("source"), cfg.verify_pairs, np.random.default_rng(cfg.seed))
+def calibration_classes(dataset: FewShotSet) -> np.ndarray:
+    """The `calibration` classes, or a DataError naming the params to set (called before training)."""
+    classes = dataset.classes("calibration")
+    if len(classes) < 2:
+        raise DataError(f"the prepared data has {len(classes)} calibration classes; the verification threshold "
+                        "needs at least 2 classes no classifier trains on. Add `calibration: 2` (groups) to "
+                        "data.roles, or `calibration` rows to data.split_file")
+    return classes
+
+
+def calibrate_on_held_out(net: SiameseNet, dataset: FewShotSet, cfg: SiameseConfig) -> Calibration:
+    """The saved threshold: `cfg.verify_pairs` same- and different-class pairs of the `calibration`
+    classes, which no classifier or generator trains on (a threshold set on training classes would
+    be too strict for the classes a user enrolls)."""
+    classes = calibration_classes(dataset)
+    pairs = sample_pairs(dataset.labels, classes, cfg.verify_pairs, np.random.default_rng(cfg.seed))
     return calibrate_verification(net, dataset.images, pairs, cfg.verify_target)

@@ -4,7 +4,10 @@ Per image: its class and an instance key where the source has one (Omniglot: the
 for printed glyphs; for a plain class folder, the file's stem). Per class: a name, a group (an
 Omniglot alphabet, a folder of classes) and a role:
 
-- `source`: the many-example classes; the generators train on them;
+- `source`: the many-example classes; the generators train on them, and so do the classifier
+  variants that list them among their training sources;
+- `calibration`: never seen by a generator or a classifier: what must be judged on unseen
+  classes without touching the evaluation's (the verification threshold of `oneshot-gda verify`);
 - `train`: the one-shot classes; a classifier sees one seeded exemplar image of each, the others
   are held out (the seen-class protocol queries them);
 - `novel`: never seen by a generator or a classifier: the headline protocol's classes.
@@ -25,10 +28,12 @@ import numpy as np
 from pipeline.data.images import ImageSpec
 from pipeline.io import write_npz
 
-ROLES = ("source", "train", "novel")
-# Fewest images a class of each role must have: a same-class pair, an exemplar and a held-out
-# query, a support and a query.
-MIN_IMAGES = {"source": 2, "train": 2, "novel": 2}
+ROLES = ("source", "calibration", "train", "novel")
+# Fewest images a class of each role must have: a same-class pair, a same-class pair, an exemplar
+# and a held-out query, a support and a query.
+MIN_IMAGES = {"source": 2, "calibration": 2, "train": 2, "novel": 2}
+# Roles a split may leave empty (a stage that needs one says so, naming the param to set).
+OPTIONAL_ROLES = ("calibration",)
 
 
 class DataError(ValueError):
@@ -194,6 +199,8 @@ def check_roles(dataset: FewShotSet, where: str) -> None:
     counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
     for role in ROLES:
         classes = dataset.classes(role)
+        if role in OPTIONAL_ROLES and len(classes) == 0:
+            continue
         if len(classes) < 2:
             raise DataError(f"{where}: the split gives {len(classes)} {role} class(es); a protocol needs at least 2 "
                             "(change data.roles or data.split_file)")

@@ -42,7 +42,9 @@ class DataConfig:
     # The seeded rule over groups: in a seeded order, this many groups to each role in turn (null: every group
     # left); the groups left over are novel. Omniglot's pool is its background alphabets (its evaluation
     # alphabets are always novel). Ignored when split_file is given.
-    roles: dict[str, int | None] = dataclasses.field(default_factory=lambda: {"source": 20, "train": None})
+    # `calibration` (optional): classes no generator or classifier sees, for the verification threshold.
+    roles: dict[str, int | None] = dataclasses.field(
+        default_factory=lambda: {"source": 20, "calibration": 2, "train": None})
     split_file: str | None = None  # CSV `class,role` or `group,role`, instead of the rule
     split_seed: int = 0  # the rule's seed: which groups get which role
     exemplar_seed: int = 0  # which image of each one-shot class is its single exemplar
