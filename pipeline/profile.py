@@ -68,24 +68,26 @@ def anchor_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
     return out
 
 
-def make_workspace(root: Path, dest: Path, profile: str) -> Path:
-    """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params.
+def make_workspace(root: Path, dest: Path, profile: str | None) -> Path:
+    """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params
+    (None: the params as they are, the default profile).
 
     Relative data paths are anchored at `root`, so the copy reads the same data the project does.
     """
-    merged = anchor_paths(profile_params(root / "params.yaml", profile), root.resolve())
+    params = load_params(root / "params.yaml") if profile is None else profile_params(root / "params.yaml", profile)
+    merged = anchor_paths(params, root.resolve())
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for rel in project_files(root):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
-    (dest / "params.yaml").write_text(f"# params.yaml with profiles/{profile}.yaml laid over\n"
-                                      + yaml.safe_dump(merged, sort_keys=False))
+    header = f"# params.yaml with profiles/{profile}.yaml laid over\n" if profile else ""
+    (dest / "params.yaml").write_text(header + yaml.safe_dump(merged, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "profile", "GIT_AUTHOR_EMAIL": "profile@localhost",
            "GIT_COMMITTER_NAME": "profile", "GIT_COMMITTER_EMAIL": "profile@localhost"}
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                ["git", "commit", "-q", "-m", f"{profile} profile workspace"]):
+                ["git", "commit", "-q", "-m", f"{profile or 'default'} profile workspace"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env)
     return dest
 

@@ -330,7 +330,8 @@ def test_prepare_small_subset_roles(tiny_omniglot: tuple[FewShotSet, dict],
                                     tiny_prepared: tuple[FewShotSet, dict]) -> None:
     dataset, _ = tiny_omniglot
     summary = role_summary(dataset)
-    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 40, "calibration": 4, "train": 16, "novel": 40}
+    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 40, "calibration": 4, "train": 16, "novel": 40,
+                                                          "unused": 0}
     assert {r: v["classes"] for r, v in summary.items()} == {"source": 40, "calibration": 4, "train": 16, "novel": 40}
     assert {r: v["images"] for r, v in summary.items()} == {"source": 800, "calibration": 80, "train": 320,
                                                           "novel": 800}
@@ -364,13 +365,14 @@ def test_manifest_alphabets_are_disjoint_and_split_by_zip(tiny_omniglot: tuple[F
                                                           omniglot_zips: dict[str, Path]) -> None:
     dataset, manifest = tiny_omniglot
     groups = {r: v["groups"] for r, v in role_summary(dataset).items()}
-    source, calibration, train, novel = (set(groups[r]) for r in ROLES)
+    source, calibration, train, novel = (set(groups[r]) for r in ("source", "calibration", "train", "novel"))
+    assert "unused" not in groups, "an empty optional role is not listed"
     for a, b in itertools.combinations((source, calibration, train, novel), 2):
         assert not a & b
     background = {i.alphabet for i in list_zip(omniglot_zips["images_background"], "images_background")}
     assert source | calibration | train == background
     assert not novel & background
-    for r in ROLES:
+    for r in groups:
         assert set(dataset.class_group[dataset.classes(r)]) == set(groups[r])
     assert manifest["zips"]["images_background"]["sha256"] == \
         "893d6690ed806e2bbef92262130b80a7975e48ef4039c7469b136062ae2c18f7"
@@ -448,8 +450,7 @@ def test_too_many_source_alphabets_for_the_zip(tmp_path: Path) -> None:
         prepare_dataset(DataConfig(path=str(folder), roles={"source": 2, "train": None}))
     dataset, manifest = prepare_dataset(DataConfig(path=str(folder), roles={"source": 1, "train": None},
                                                    image_size=16))
-    assert {r: v["classes"] for r, v in manifest["roles"].items()} == {"source": 2, "calibration": 0, "train": 2,
-                                                                        "novel": 2}
+    assert {r: v["classes"] for r, v in manifest["roles"].items()} == {"source": 2, "train": 2, "novel": 2}
     assert manifest["roles"]["novel"]["groups"] == ["Atlantean"]
     assert dataset.images.shape == (120, 1, 16, 16)
 

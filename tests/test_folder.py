@@ -274,9 +274,10 @@ def test_seeded_rule_over_groups(tmp_path: Path) -> None:
     dataset, manifest = folder.load(config(tmp_path / "data", roles=rule, split_seed=5))
     by_group = {str(g): str(r) for g, r in zip(dataset.class_group, dataset.class_role, strict=True)}
     per_role = {r: sorted(g for g, role in by_group.items() if role == r) for r in ROLES}
-    assert {r: len(gs) for r, gs in per_role.items()} == {"source": 2, "calibration": 0, "train": 3, "novel": 1}
+    assert {r: len(gs) for r, gs in per_role.items()} == {"source": 2, "calibration": 0, "train": 3, "novel": 1,
+                                                          "unused": 0}
     assert by_group == assign_roles([f"g{g}" for g in range(6)], rule, 5)
-    assert manifest["split"] == {"roles": rule, "seed": 5}
+    assert manifest["split"] == {"roles": rule, "seed": 5, "rest": "novel"}
     again, _ = folder.load(config(tmp_path / "data", roles=rule, split_seed=5))
     np.testing.assert_array_equal(again.class_role, dataset.class_role)
     other, _ = folder.load(config(tmp_path / "data", roles=rule, split_seed=6))
@@ -287,11 +288,14 @@ def test_seeded_rule_over_groups(tmp_path: Path) -> None:
 def test_seeded_rule_in_the_flat_layout_splits_classes(tmp_path: Path) -> None:
     write_classes(tmp_path / "data", {f"class{c}": ["x", "y"] for c in range(7)})
     dataset, _ = folder.load(config(tmp_path / "data", roles={"source": 3, "train": 2}))
-    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 3, "calibration": 0, "train": 2, "novel": 2}
+    assert {r: len(dataset.classes(r)) for r in ROLES} == {"source": 3, "calibration": 0, "train": 2, "novel": 2,
+                                                             "unused": 0}
     rest, _ = folder.load(config(tmp_path / "data", roles={"source": 3, "train": None}))
-    assert {r: len(rest.classes(r)) for r in ROLES} == {"source": 3, "calibration": 0, "train": 4, "novel": 0}
+    assert {r: len(rest.classes(r)) for r in ROLES} == {"source": 3, "calibration": 0, "train": 4, "novel": 0,
+                                                          "unused": 0}
     held_out, _ = folder.load(config(tmp_path / "data", roles={"source": 3, "calibration": 2, "train": None}))
-    assert {r: len(held_out.classes(r)) for r in ROLES} == {"source": 3, "calibration": 2, "train": 2, "novel": 0}
+    assert {r: len(held_out.classes(r)) for r in ROLES} == {"source": 3, "calibration": 2, "train": 2, "novel": 0,
+                                                              "unused": 0}
 
 
 def write_split(path: Path, header: str, rows: list[tuple[str, str]]) -> Path:
@@ -317,8 +321,8 @@ def test_split_file_by_group(grouped_root: Path, tmp_path: Path) -> None:
                         [("greek", "source"), ("latin", "train"), ("runic", "novel")])
     dataset, manifest = prepare_dataset(config(grouped_root, split_file=str(split)))
     assert dataset.class_role.tolist() == ["source"] * 3 + ["train"] * 2 + ["novel"] * 2
-    assert {r: v["groups"] for r, v in manifest["roles"].items()} == {"source": ["greek"], "calibration": [],
-                                                                       "train": ["latin"], "novel": ["runic"]}
+    assert {r: v["groups"] for r, v in manifest["roles"].items()} == {"source": ["greek"], "train": ["latin"],
+                                                                       "novel": ["runic"]}
 
 
 def test_split_file_path_is_relative_to_the_project_root(tmp_path: Path) -> None:
@@ -506,7 +510,7 @@ def test_split_file_naming_an_unknown_role(grouped_root: Path, tmp_path: Path) -
     split = write_split(tmp_path / "split.csv", "group,role", [("greek", "source"), ("latin", "test")])
     with pytest.raises(DataError) as err:
         folder.load(config(grouped_root, split_file=str(split)))
-    assert str(err.value) == f"{split}:3: unknown role 'test'; roles are source, calibration, train, novel"
+    assert str(err.value) == f"{split}:3: unknown role 'test'; roles are source, calibration, train, novel, unused"
 
 
 def test_split_file_leaving_a_class_without_a_role(grouped_root: Path, tmp_path: Path) -> None:

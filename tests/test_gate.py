@@ -219,7 +219,8 @@ def test_a_variant_missing_from_the_run_fails_a_new_one_is_reported(tmp_path: Pa
     grown = {**committed, "diffusion": dict(committed["vae"])}
     result = gate(tmp_path, grown)
     assert result.returncode == 0, result.stdout
-    row = [line for line in result.stdout.splitlines() if line.startswith("| diffusion | acc_20way ")]
+    row = [line for line in result.stdout.splitlines()
+           if [c.strip() for c in line.split("|")[1:3]] == ["diffusion", "acc_20way"]]
     assert row and [c.strip() for c in row[0].split("|")[3:8]] == [
         "-", f"{committed['vae']['acc_20way']:.3f}", "-", "-", "new"], row
     assert "new, not in the reference yet: diffusion" in result.stdout

@@ -10,7 +10,8 @@ Omniglot alphabet, a folder of classes) and a role:
   classes without touching the evaluation's (the verification threshold of `oneshot-gda verify`);
 - `train`: the one-shot classes; a classifier sees one seeded exemplar image of each, the others
   are held out (the seen-class protocol queries them);
-- `novel`: never seen by a generator or a classifier: the headline protocol's classes.
+- `novel`: never seen by a generator or a classifier: the headline protocol's classes;
+- `unused`: left out of every protocol (`data.rest: unused`: the groups the rule leaves over).
 
 Roles come from a split file or from a seeded rule over groups (`assign_roles`); exemplars from a
 seeded rule over each one-shot class's images (`assign_exemplars`). Nothing here knows any source.
@@ -28,12 +29,12 @@ import numpy as np
 from pipeline.data.images import ImageSpec
 from pipeline.io import write_npz
 
-ROLES = ("source", "calibration", "train", "novel")
+ROLES = ("source", "calibration", "train", "novel", "unused")
 # Fewest images a class of each role must have: a same-class pair, a same-class pair, an exemplar
 # and a held-out query, a support and a query.
-MIN_IMAGES = {"source": 2, "calibration": 2, "train": 2, "novel": 2}
+MIN_IMAGES = {"source": 2, "calibration": 2, "train": 2, "novel": 2, "unused": 0}
 # Roles a split may leave empty (a stage that needs one says so, naming the param to set).
-OPTIONAL_ROLES = ("calibration",)
+OPTIONAL_ROLES = ("calibration", "unused")
 
 
 class DataError(ValueError):
@@ -213,6 +214,8 @@ def check_roles(dataset: FewShotSet, where: str) -> None:
 
 
 def role_summary(dataset: FewShotSet) -> dict[str, dict[str, object]]:
-    """Per role: its groups, and how many classes and images it has (for the manifest)."""
+    """Per role: its groups, and how many classes and images it has (for the manifest); an optional
+    role the split leaves empty is not listed."""
     return {role: {"groups": sorted(set(dataset.class_group[dataset.classes(role)].tolist())),
-                   "classes": len(dataset.classes(role)), "images": len(dataset.indices(role))} for role in ROLES}
+                   "classes": len(dataset.classes(role)), "images": len(dataset.indices(role))} for role in ROLES
+            if role not in OPTIONAL_ROLES or len(dataset.classes(role))}

@@ -185,7 +185,7 @@ def load(cfg: DataConfig) -> tuple[FewShotSet, dict[str, Any]]:
         named = read_split_file(split_path, class_names, class_group)
         role = [named[c] for c in class_names]
     else:
-        by_group = assign_roles(sorted(set(class_group)), cfg.roles, cfg.split_seed)
+        by_group = assign_roles(sorted(set(class_group)), cfg.roles, cfg.split_seed, rest=cfg.rest)
         role = [by_group[g] for g in class_group]
     class_role = np.asarray(role)
     dataset = FewShotSet(
@@ -194,6 +194,7 @@ def load(cfg: DataConfig) -> tuple[FewShotSet, dict[str, Any]]:
         exemplar=assign_exemplars(labels, class_role, cfg.exemplar_seed), inverted=cfg.invert)
     manifest = {"path": str(path), "subdir": cfg.subdir, "layout": layout, "sha256": digest,
                 "split": str(resolve(cfg.split_file)) if cfg.split_file else {"roles": cfg.roles,
-                                                                                "seed": cfg.split_seed},
+                                                                                "seed": cfg.split_seed,
+                                                                                "rest": cfg.rest},
                 "classes": len(class_names), "images": len(files)}
     return dataset, manifest

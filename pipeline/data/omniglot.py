@@ -166,7 +166,7 @@ def prepare_omniglot(zips: dict[str, Path], cfg: DataConfig) -> tuple[FewShotSet
     20 drawings in drawer order. Returns the set and what the manifest says of the source."""
     listing = {split: list_zip(zips[split], split) for split in SPLITS}
     background = sorted({info.alphabet for info in listing["images_background"]})
-    roles = assign_roles(background, cfg.roles, cfg.split_seed, rest="novel")
+    roles = assign_roles(background, cfg.roles, cfg.split_seed, rest=cfg.rest)
 
     names: list[str] = []
     groups: list[str] = []

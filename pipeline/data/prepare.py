@@ -45,6 +45,7 @@ class DataConfig:
     # `calibration` (optional): classes no generator or classifier sees, for the verification threshold.
     roles: dict[str, int | None] = dataclasses.field(
         default_factory=lambda: {"source": 20, "calibration": 2, "train": None})
+    rest: str = "novel"  # the role of the groups the rule leaves over: novel, or unused (left out of every protocol)
     split_file: str | None = None  # CSV `class,role` or `group,role`, instead of the rule
     split_seed: int = 0  # the rule's seed: which groups get which role
     exemplar_seed: int = 0  # which image of each one-shot class is its single exemplar
@@ -57,10 +58,13 @@ class DataConfig:
                f"a multiple of 4, at least {MIN_IMAGE_SIZE} (the Siamese network halves the side four times, "
                "the generators twice)")
         _check(self.channels in (1, 3), f"{key}.channels", self.channels, "1 (grayscale) or 3 (RGB)")
-        _check(set(self.roles) <= set(ROLES) - {"novel"} and "source" in self.roles and "train" in self.roles,
+        ruled = [r for r in ROLES if r not in ("novel", "unused")]
+        _check(set(self.roles) <= set(ruled) and "source" in self.roles and "train" in self.roles,
                f"{key}.roles", self.roles,
-               f"a mapping with `source` and `train` (of {', '.join(r for r in ROLES if r != 'novel')}) to a group "
-               "count or null; the groups left over are novel")
+               f"a mapping with `source` and `train` (of {', '.join(ruled)}) to a group count or null; the groups "
+               "left over get `data.rest`")
+        _check(self.rest in ("novel", "unused"), f"{key}.rest", self.rest,
+               "novel (the groups the rule leaves over are evaluated) or unused (they are left out)")
         _check(sum(v is None for v in self.roles.values()) <= 1 and all(v is None or v >= 1
                                                                         for v in self.roles.values()),
                f"{key}.roles", self.roles, "counts >= 1, at most one of them null (the rest)")
