@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[2, 5, 10, 20], help="source groups per point")
     ap.add_argument("--workspace", type=Path, default=ROOT / "build" / PROFILE)
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "source_groups")
-    ap.add_argument("--keep", action="store_true", help="reuse the workspace (and DVC's run cache) if it exists")
+    ap.add_argument("--keep", action="store_true",
+                    help="reuse the workspace if it exists: its experiments already run are applied, not run again")
     args = ap.parse_args()
     counts = check_counts(args.counts)
 
@@ -119,7 +120,8 @@ def main() -> None:
 
     rows = []
     for count in counts:
-        result = experiments.run_experiment(ws, f"source-{count}", {"data.roles.source": count}, env)
+        result = experiments.run_experiment(ws, f"source-{count}", {"data.roles.source": count}, env,
+                                            reuse=args.keep)
         rows.append(row(count, result["metrics"], result["manifest"], pairs))
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items() if k.startswith("gain")})
 

@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="a profile of profiles/ (default: params.yaml as it is)")
     ap.add_argument("--workspace", type=Path, default=experiments.ROOT / "build" / "splits")
     ap.add_argument("--out", type=Path, default=experiments.ROOT / "reports" / "splits")
-    ap.add_argument("--keep", action="store_true", help="reuse the workspace (and DVC's run cache) if it exists")
+    ap.add_argument("--keep", action="store_true",
+                    help="reuse the workspace if it exists: its experiments already run are applied, not run again")
     args = ap.parse_args()
     seeds = check_seeds(args.seeds)
 
@@ -77,7 +78,7 @@ def main() -> None:
     rows = []
     for seed in seeds:
         result = experiments.run_experiment(ws, f"split-{seed}", {"data.split_seed": seed, "data.exemplar_seed": seed},
-                                            env)
+                                            env, reuse=args.keep)
         rows.append({"seed": seed, **deltas(result["metrics"])})
     frame = pd.DataFrame(rows)
     table = summary(frame)

@@ -37,18 +37,39 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run_experiment(ws: Path, name: str, settings: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """`dvc exp run -n name -S key=value ...` in `ws`; then {"metrics": reports/metrics.json,
-    "manifest": data/prepared/manifest.json} of the run (the workspace holds its results after it)."""
-    cmd = [str(Path(sys.executable).parent / "dvc"), "exp", "run", "-n", name]
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def existing(ws: Path, env: dict[str, str]) -> set[str]:
+    """Names of the experiments already run in `ws` on its current commit."""
+    listed = subprocess.run([DVC, "exp", "list", "--name-only"], cwd=ws, env=env, capture_output=True, text=True)
+    return set(listed.stdout.split()) if listed.returncode == 0 else set()
+
+
+def results(ws: Path) -> dict[str, Any]:
+    """{"metrics": reports/metrics.json, "manifest": data/prepared/manifest.json} of the workspace."""
+    return {"metrics": json.loads((ws / "reports" / "metrics.json").read_text()),
+            "manifest": json.loads((ws / "data" / "prepared" / "manifest.json").read_text())}
+
+
+def run_experiment(ws: Path, name: str, settings: dict[str, Any], env: dict[str, str],
+                   reuse: bool = False) -> dict[str, Any]:
+    """`dvc exp run -n name -S key=value ...` in `ws`, then the run's `results` (the workspace holds them
+    after it). `reuse`: an experiment of that name already run is applied (`dvc exp apply`), not run again,
+    so an analysis stopped part-way resumes where it stopped."""
+    if reuse and name in existing(ws, env):
+        print(f"== dvc exp apply {name} (already run)", flush=True)
+        if subprocess.run([DVC, "exp", "apply", name], cwd=ws, env=env).returncode != 0:
+            raise SystemExit(f"{ws}: `dvc exp apply {name}` failed; its output is above")
+        return results(ws)
+    cmd = [DVC, "exp", "run", "-n", name]
     for key, value in settings.items():
         cmd += ["-S", f"{key}={value}"]
     print(f"== {' '.join(cmd[1:])}", flush=True)
     if subprocess.run(cmd, cwd=ws, env=env).returncode != 0:
         raise SystemExit(f"{ws}: experiment {name} ({', '.join(f'{k}={v}' for k, v in settings.items())}) failed; "
                          "its output is above")
-    return {"metrics": json.loads((ws / "reports" / "metrics.json").read_text()),
-            "manifest": json.loads((ws / "data" / "prepared" / "manifest.json").read_text())}
+    return results(ws)
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -130,3 +130,51 @@ def test_the_summary_gives_mean_spread_and_how_often_the_ci_clears_zero() -> Non
     assert r["ci_above_zero"] == "1/3"  # 0.03 - 0.01 > 0; -0.01 and 0.01 - 0.02 are not
     assert "| gan | delta_seen_vs_src_classic | +0.0100 | 0.0200 | -0.0100 | +0.0300 | 1/3 |" in splits.markdown(
         splits.summary(frame))
+
+
+# ---------------------------------------------------------------------------- experiments in a real DVC repo
+
+STAGE = """\
+stages:
+  point:
+    cmd: python point.py
+    deps: [point.py]
+    params: [x]
+    outs: [data/prepared/manifest.json]
+    metrics: [{reports/metrics.json: {cache: false}}]
+"""
+POINT = """\
+import json, os, yaml
+x = yaml.safe_load(open("params.yaml"))["x"]
+os.makedirs("reports", exist_ok=True)
+os.makedirs("data/prepared", exist_ok=True)
+json.dump({"v": {"acc_20way": x / 10}}, open("reports/metrics.json", "w"))
+json.dump({"roles": {"source": {"classes": x}}}, open("data/prepared/manifest.json", "w"))
+"""
+
+
+def test_experiments_run_and_a_stopped_analysis_resumes(tmp_path: Path) -> None:
+    """Each point a real `dvc exp run`; with reuse, a point already run is applied from DVC, not run again."""
+    import subprocess
+
+    from pipeline import experiments
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text("x: 1\n")
+    (ws / "dvc.yaml").write_text(STAGE)
+    (ws / "point.py").write_text(POINT)
+    env = experiments.environment()
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@localhost")
+    for cmd in (["git", "init", "-q", "-b", "main"], [experiments.DVC, "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "ws"]):
+        subprocess.run(cmd, cwd=ws, env=env, check=True)
+    first = experiments.run_experiment(ws, "point-2", {"x": 2}, env)
+    assert first["metrics"] == {"v": {"acc_20way": 0.2}} and first["manifest"]["roles"]["source"]["classes"] == 2
+    experiments.run_experiment(ws, "point-3", {"x": 3}, env)
+    assert experiments.existing(ws, env) == {"point-2", "point-3"}
+    again = experiments.run_experiment(ws, "point-2", {"x": 2}, env, reuse=True)  # the workspace held point-3
+    assert again == first
+    with pytest.raises(SystemExit, match=r"experiment point-bad \(x=\[\]\) failed"):
+        experiments.run_experiment(ws, "point-bad", {"x": "[]"}, env)  # x / 10 of a list: the stage fails
