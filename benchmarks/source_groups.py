@@ -29,6 +29,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from pipeline import experiments
 from pipeline.config import load_params, section
@@ -92,6 +93,7 @@ def figure(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> plt.Figure:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xticks(frame["n_source_groups"], [str(n) for n in frame["n_source_groups"]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("source groups (the generator's data)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
