@@ -135,17 +135,10 @@ def main() -> None:
         figure(frame, pairs).savefig(tmp, dpi=100, format="png")
     print(frame.to_string(index=False))
 
-    import mlflow
-
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(params["tracking"]["experiment"])
-    with mlflow.start_run(run_name="source groups sweep", tags={"kind": "analysis", "profile": PROFILE}):
-        mlflow.log_param("counts", " ".join(map(str, counts)))
-        for r in rows:
-            mlflow.log_metrics({k: float(v) for k, v in r.items() if k.startswith("gain") and v == v},
-                               step=int(r["n_source_groups"]))
-        mlflow.log_artifact(str(csv_path))
-        mlflow.log_artifact(str(png_path))
+    experiments.log_analysis(
+        env, params["tracking"]["experiment"], "source groups sweep", PROFILE, {"counts": " ".join(map(str, counts))},
+        [({k: v for k, v in r.items() if k.startswith("gain")}, int(r["n_source_groups"])) for r in rows],
+        [csv_path, png_path])
     print(f"{csv_path}, {png_path}; MLflow experiment {params['tracking']['experiment']!r}")
 
 

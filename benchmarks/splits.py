@@ -91,16 +91,12 @@ def main() -> None:
                        + "\n")
     print(table.to_string(index=False))
 
-    import mlflow
-
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(load_params(ws / "params.yaml")["tracking"]["experiment"])
-    with mlflow.start_run(run_name="split robustness", tags={"kind": "analysis", "profile": args.profile or "default"}):
-        mlflow.log_param("seeds", " ".join(map(str, seeds)))
-        for r in table.itertuples(index=False):
-            mlflow.log_metrics({f"{r.variant}/{r.delta}/mean": r.mean, f"{r.variant}/{r.delta}/std": r.std})
-        mlflow.log_artifact(str(csv_path))
-        mlflow.log_artifact(str(md_path))
+    experiments.log_analysis(
+        env, load_params(ws / "params.yaml")["tracking"]["experiment"], "split robustness", args.profile,
+        {"seeds": " ".join(map(str, seeds))},
+        [({f"{r.variant}/{r.delta}/{stat}": getattr(r, stat) for r in table.itertuples(index=False)
+           for stat in ("mean", "std")}, None)],
+        [csv_path, md_path])
 
 
 if __name__ == "__main__":

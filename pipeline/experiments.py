@@ -22,8 +22,9 @@ from pipeline.profile import make_workspace
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def workspace(profile: str, dest: Path, keep: bool = False) -> Path:
-    """The profile's workspace at `dest`: made fresh, or reused when `keep` and it exists (its run cache too)."""
+def workspace(profile: str | None, dest: Path, keep: bool = False) -> Path:
+    """The profile's workspace at `dest` (None: params.yaml as it is): made fresh, or reused when `keep` and it
+    exists (its run cache too)."""
     if not (keep and (dest / "dvc.yaml").is_file()):
         make_workspace(ROOT, dest, profile)
     return dest
@@ -77,3 +78,20 @@ def spread(values: list[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+
+
+def log_analysis(env: dict[str, str], experiment: str, run_name: str, profile: str | None, params: dict[str, str],
+                 metrics: list[tuple[dict[str, float], int | None]], files: list[Path]) -> str:
+    """One MLflow run (tag kind=analysis) of an analysis: its params, its metrics (each dict at its step),
+    its files as artifacts, in `experiment` of the store the experiments logged to. Returns the run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags={"kind": "analysis", "profile": profile or "default"}) as run:
+        mlflow.log_params(params)
+        for values, step in metrics:
+            mlflow.log_metrics({k: float(v) for k, v in values.items() if v == v}, step=step)  # NaN: no CI
+        for path in files:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id

@@ -178,3 +178,26 @@ def test_experiments_run_and_a_stopped_analysis_resumes(tmp_path: Path) -> None:
     assert again == first
     with pytest.raises(SystemExit, match=r"experiment point-bad \(x=\[\]\) failed"):
         experiments.run_experiment(ws, "point-bad", {"x": "[]"}, env)  # x / 10 of a list: the stage fails
+
+
+def test_an_analysis_is_one_mlflow_run_with_its_metrics_per_step_and_its_files(tmp_path: Path) -> None:
+    """A real SQLite store: params, a metric at two steps (a NaN CI left out), the files as artifacts."""
+    import mlflow
+
+    from pipeline import experiments
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    table = tmp_path / "points.csv"
+    table.write_text("n,gain\n2,0.05\n5,0.07\n")
+    run_id = experiments.log_analysis(
+        {"MLFLOW_TRACKING_URI": uri}, "analyses", "a sweep", None, {"counts": "2 5"},
+        [({"gain": 0.05, "gain_ci95": float("nan")}, 2), ({"gain": 0.07, "gain_ci95": 0.01}, 5)], [table])
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "a sweep"
+    assert run.data.tags["kind"] == "analysis" and run.data.tags["profile"] == "default"
+    assert run.data.params == {"counts": "2 5"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "gain")] == [(2, 0.05), (5, 0.07)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "gain_ci95")] == [(5, 0.01)]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["points.csv"]
+    assert client.get_experiment(run.info.experiment_id).name == "analyses"
