@@ -10,21 +10,24 @@ A source kind gives images to some classes:
   classes the generators learn from).
 
 A variant's training set is one image pool per class, the kinds' images of that class joined in
-the order of `KINDS`. No kind gives images of the `calibration` or `novel` classes: those stay
-unseen by every classifier. Adding a kind is one function and one entry of `KINDS`.
+the order of `KINDS`. A variant trains with the `siamese` params, changed for it alone by its own
+`siamese` mapping (for example the model a user ships, trained longer than the comparisons). No
+kind gives images of the `calibration` or `novel` classes: those stay unseen by every classifier.
+Adding a kind is one function and one entry of `KINDS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import SiameseNet
 from pipeline.classifiers.training import fit_siamese
-from pipeline.config import TrainerConfig, _check
+from pipeline.config import TrainerConfig, _check, from_dict
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.synthetic import SyntheticSet
@@ -36,6 +39,7 @@ class VariantConfig:
     synthetic: str = "none"  # the generator whose drawings `synthetic` adds, or "none"
     real_per_class: int | None = None  # `real`: at most this many real images per one-shot class (null: all)
     classic: bool = True  # albumentations' affine transforms on the fly, on every pool
+    siamese: dict[str, Any] = dataclasses.field(default_factory=dict)  # `siamese` params changed for this variant
 
     @property
     def ceiling(self) -> bool:
@@ -58,6 +62,13 @@ class VariantConfig:
                self.real_per_class, "a count >= 1 of real images per one-shot class, or null for all")
         _check(self.real_per_class is None or "real" in self.train_on, f"{key}.real_per_class",
                self.real_per_class, "null unless train_on lists `real`")
+        from_dict(SiameseConfig, dict(self.siamese), f"{key}.siamese")  # each change checked at load, on its own
+
+    def training_config(self, cfg: SiameseConfig, key: str) -> SiameseConfig:
+        """The `siamese` params `cfg` with this variant's changes laid over, validated (errors name `key`.siamese)."""
+        if not self.siamese:
+            return cfg
+        return from_dict(SiameseConfig, {**dataclasses.asdict(cfg), **self.siamese}, f"{key}.siamese")
 
 
 @dataclasses.dataclass(frozen=True)

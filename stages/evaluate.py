@@ -62,7 +62,8 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                                       training_run_id=run_info.get("mlflow_run_id") or "")
             label = f"{variant} (ceiling)" if vcfg.ceiling else variant
             with mlflow.start_run(run_name=label, nested=True, tags=vtags) as child:
-                flat = {f"variant.{k}": v for k, v in ckpt["variant_config"].items()}
+                # siamese.*: the params it trained with, its own `siamese` changes included
+                flat = {f"variant.{k}": v for k, v in ckpt["variant_config"].items() if k != "siamese"}
                 flat.update({f"siamese.{k}": v for k, v in ckpt["siamese_config"].items()})
                 flat.update({f"augment.{k}": v for k, v in ckpt["augment_config"].items()})
                 if vcfg.synthetic != "none":

@@ -34,7 +34,7 @@ def main() -> None:
 
     params = load_params(args.params)
     variant = section(params, VariantConfig, f"variants.{args.variant}")
-    cfg = section(params, SiameseConfig, "siamese")
+    cfg = variant.training_config(section(params, SiameseConfig, "siamese"), f"variants.{args.variant}")
     augment = section(params, ClassicAugmentConfig, "augment")
     trainer_cfg = section(params, TrainerConfig, "trainer")
     tracking_cfg = section(params, TrackingConfig, "tracking")

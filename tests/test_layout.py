@@ -89,3 +89,25 @@ def test_every_variant_names_its_synthetic_input() -> None:
         variants = (yaml.safe_load(path.read_text()) or {}).get("variants") or {}
         for name, raw in variants.items():
             assert "synthetic" in raw, f"{path.name}: variants.{name} lacks `synthetic`"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
+def test_every_profile_gives_valid_classifier_and_evaluation_params(profile: str) -> None:
+    """Each variant's own training params (the `siamese` section with its changes), its sources, the
+    evaluation and the gate of every profile load and pass their checks."""
+    from pipeline.classifiers.module import SiameseConfig
+    from pipeline.config import section
+    from pipeline.evaluation import EvaluationConfig
+    from pipeline.gate import GateConfig
+    from pipeline.profile import profile_params
+    from pipeline.variants import VariantConfig
+
+    params = profile_params(ROOT / "params.yaml", profile)
+    base = section(params, SiameseConfig, "siamese")
+    for name in params["variants"]:
+        variant = section(params, VariantConfig, f"variants.{name}")
+        assert variant.training_config(base, f"variants.{name}").max_steps > 0
+    evaluation = section(params, EvaluationConfig, "evaluation")
+    assert {evaluation.baseline, *evaluation.compare_with} <= set(params["variants"])
+    gate = section(params, GateConfig, "gate")
+    assert set(gate.floors) <= set(params["variants"])

@@ -3,6 +3,7 @@ and networks that follow the data (any image size from 28 to 84, grayscale or RG
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import islice
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pipeline.checkpoints import FILENAME, CheckpointError, save_checkpoint
 from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
 from pipeline.classifiers.module import LOSSES, SiameseConfig, SiameseModule
 from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
-from pipeline.classifiers.training import fit_siamese
+from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import ParamsError, TrainerConfig, from_dict
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.batches import PairBatches, apply_transform
@@ -67,7 +68,7 @@ def test_forward_is_the_diagonal_of_similarity(loss: str) -> None:
     torch.testing.assert_close(pairwise, full.diagonal())
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "triplet"])
+@pytest.mark.parametrize("loss", ["contrastive", "triplet", "proto"])
 def test_metric_loss_embeddings_are_unit_norm(loss: str) -> None:
     with torch.no_grad():
         e = tiny_net(loss).embed(random_images(6, seed=1))
@@ -486,3 +487,58 @@ def test_fit_siamese_takes_the_pools_channels_and_size() -> None:
     assert net.config["in_channels"] == 3 and net.image_size == 32
     with torch.no_grad():
         assert net.eval().embed(to_tensor(pools[0])).shape == (2, 16)
+
+
+# ---------------------------------------------------------------------------- the prototypical loss, rotated classes
+
+
+def test_proto_loss_is_the_softmax_over_the_batch_classes_both_ways() -> None:
+    """Row i of the first drawings against all P second drawings: cross-entropy with target i, and back."""
+    cfg = SiameseConfig(loss="proto", channels=8, embedding_dim=16, batch_classes=4, temperature=0.2)
+    module = SiameseModule(tiny_net("proto"), cfg)
+    x1, x2 = random_images(4, seed=1), random_images(4, seed=2)
+    with torch.no_grad():
+        loss = module.training_step((x1, x2), 0)
+        sim = module.net.similarity(module.net.embed(x1), module.net.embed(x2)) / 0.2
+    log_p_rows, log_p_cols = sim.log_softmax(1).diagonal(), sim.log_softmax(0).diagonal()
+    expected = -(log_p_rows.mean() + log_p_cols.mean()) / 2
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_proto_loss_is_low_when_twins_match_and_high_when_swapped() -> None:
+    cfg = SiameseConfig(loss="proto", channels=8, embedding_dim=16, batch_classes=4, temperature=0.1)
+    module = SiameseModule(tiny_net("proto"), cfg)
+    x = random_images(4, seed=3)
+    with torch.no_grad():
+        same = float(module.training_step((x, x), 0))
+        swapped = float(module.training_step((x, x[[1, 2, 3, 0]]), 0))
+    assert same < swapped
+
+
+@pytest.mark.parametrize("temperature", [0, -0.1])
+def test_temperature_must_be_positive(temperature: float) -> None:
+    with pytest.raises(ParamsError, match=r"siamese\.temperature"):
+        from_dict(SiameseConfig, {"temperature": temperature}, "siamese")
+
+
+def test_rotated_classes_are_new_classes_of_each_pool() -> None:
+    pools = [random_images(n, seed=n).mul(255).to(torch.uint8).numpy() for n in (1, 3)]
+    rotated = with_rotated_classes(pools)
+    assert len(rotated) == 8 and [len(p) for p in rotated] == [1, 3] * 4
+    assert rotated[0] is pools[0] and rotated[1] is pools[1]
+    for k in (1, 2, 3):  # pools 2k and 2k + 1: every pool turned k quarters, counter-clockwise
+        for p, r in zip(pools, rotated[2 * k: 2 * k + 2], strict=True):
+            np.testing.assert_array_equal(r, np.rot90(p, k, axes=(2, 3)))
+            assert r.flags.c_contiguous
+    np.testing.assert_array_equal(rotated[2][0, 0, 0, :], pools[0][0, 0, :, -1])  # top row = old right column
+
+
+def test_rotated_classes_train_on_four_times_the_classes() -> None:
+    """With rotated_classes a batch may hold more classes than the pools: it draws from their rotations too."""
+    pools = noisy_pools()[:3]
+    cfg = SiameseConfig(channels=8, embedding_dim=16, batch_classes=12, max_steps=2, rotated_classes=True)
+    net = fit_siamese(pools, cfg, TrainerConfig(precision="32-true", channels_last=False), [])
+    assert isinstance(net, SiameseNet)
+    with pytest.raises(ValueError, match="batch_classes=12 is larger than the 3 training classes"):
+        fit_siamese(pools, dataclasses.replace(cfg, rotated_classes=False),
+                    TrainerConfig(precision="32-true", channels_last=False), [])

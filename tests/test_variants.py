@@ -199,3 +199,28 @@ def test_config_accepts_any_count_of_real_images_from_1(real_per_class: int | No
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ParamsError, match=r"unknown key `variants\.vae\.synthetics`"):
         from_dict(VariantConfig, {"synthetics": "vae"}, "variants.vae")
+
+
+def test_a_variant_changes_the_siamese_params_for_itself_alone() -> None:
+    from pipeline.classifiers.module import SiameseConfig
+
+    base = from_dict(SiameseConfig, {"max_steps": 1500, "loss": "contrastive"}, "siamese")
+    shipped = from_dict(VariantConfig, {"train_on": ["exemplars", "source"],
+                                        "siamese": {"max_steps": 6000, "loss": "proto"}}, "variants.best")
+    cfg = shipped.training_config(base, "variants.best")
+    assert (cfg.max_steps, cfg.loss, cfg.lr) == (6000, "proto", base.lr)
+    plain = from_dict(VariantConfig, {"train_on": ["exemplars"]}, "variants.classic")
+    assert plain.training_config(base, "variants.classic") is base
+
+
+def test_a_variant_siamese_change_is_checked_naming_its_key() -> None:
+    from pipeline.classifiers.module import SiameseConfig
+
+    with pytest.raises(ParamsError, match=r"unknown key `variants\.best\.siamese\.max_step`.*max_steps"):
+        from_dict(VariantConfig, {"siamese": {"max_step": 10}}, "variants.best")
+    with pytest.raises(ParamsError, match=r"`variants\.best\.siamese\.max_steps` = 0"):  # at load, not at training
+        from_dict(VariantConfig, {"siamese": {"max_steps": 0}}, "variants.best")
+    with pytest.raises(ParamsError, match=r"`variants\.best\.siamese\.loss` = 'hinge'"):
+        from_dict(VariantConfig, {"siamese": {"loss": "hinge"}}, "variants.best")
+    assert from_dict(VariantConfig, {"siamese": {"max_steps": 10}}, "variants.best").training_config(
+        SiameseConfig(), "variants.best").max_steps == 10

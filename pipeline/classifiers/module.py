@@ -1,4 +1,12 @@
-"""How the Siamese network is trained: pair or triplet losses over P classes x 2 images, AdamW, one cycle."""
+"""How the Siamese network is trained: pair, triplet or prototypical losses over P classes x 2 images, AdamW,
+one cycle.
+
+- `contrastive`, `bce`, `triplet`: each drawing against its twin and one negative (the most alike
+  other class with `mining: hard`);
+- `proto`: each drawing against all P classes of the batch at once, a softmax over its cosine
+  similarities to their other drawings (divided by `temperature`): the prototypical loss of Snell
+  et al. (2017) with one support drawing per class, taken both ways (first -> second, second -> first).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.classifiers.fewshot import episode_scores_accuracy
@@ -15,16 +24,18 @@ from pipeline.classifiers.verification import TARGET_PATTERN, TARGETS
 from pipeline.config import _check, positive
 from pipeline.data.episodes import Episodes
 
-LOSSES = ("contrastive", "bce", "triplet")
+LOSSES = ("contrastive", "bce", "triplet", "proto")
 
 
 @dataclasses.dataclass(frozen=True)
 class SiameseConfig:
-    loss: Literal["contrastive", "bce", "triplet"] = "contrastive"
+    loss: Literal["contrastive", "bce", "triplet", "proto"] = "contrastive"
     channels: int = 64  # conv channels of each of the four blocks
     embedding_dim: int = 128
     margin: float = 0.5  # contrastive: cosine margin for negatives; triplet: distance margin
     mining: Literal["random", "hard"] = "hard"  # each anchor's negative: a random or the most alike other class
+    temperature: float = 0.1  # proto: cosine similarities are divided by it before the softmax
+    rotated_classes: bool = False  # also train on each class rotated by 90, 180, 270 degrees, as 3 new classes
     lr: float = 2e-3
     weight_decay: float = 1e-4
     batch_classes: int = 64  # P classes per batch, two drawings each
@@ -42,6 +53,7 @@ class SiameseConfig:
                  max_steps=self.max_steps, val_every=self.val_every, verify_pairs=self.verify_pairs)
         _check(self.batch_classes >= 2, f"{key}.batch_classes", self.batch_classes, "at least 2")
         _check(self.margin >= 0, f"{key}.margin", self.margin, "a number >= 0")
+        _check(self.temperature > 0, f"{key}.temperature", self.temperature, "a number > 0")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "a number >= 0")
 
 
@@ -75,7 +87,11 @@ class SiameseModule(pl.LightningModule):
         sim = self.net.similarity(e1, e2)  # [P, P]
         neg = pick_negatives(sim, self.cfg.mining)
         p = len(neg)
-        if self.cfg.loss == "triplet":
+        if self.cfg.loss == "proto":
+            logits = sim.float() / self.cfg.temperature
+            target = torch.arange(p, device=logits.device)
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        elif self.cfg.loss == "triplet":
             loss = self.triplet(e1.float(), e2.float(), e2[neg].float())
         elif self.cfg.loss == "contrastive":
             a = torch.cat([e1, e1]).float()
