@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,28 @@ def spread(values: list[float]) -> dict[str, float]:
 def log_analysis(env: dict[str, str], experiment: str, run_name: str, profile: str | None, params: dict[str, str],
                  metrics: list[tuple[dict[str, float], int | None]], files: list[Path]) -> str:
     """One MLflow run (tag kind=analysis) of an analysis: its params, its metrics (each dict at its step),
-    its files as artifacts, in `experiment` of the store the experiments logged to. Returns the run id."""
-    import mlflow
+    its files as artifacts, in `experiment` of the store the experiments logged to. Returns the run id.
 
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags={"kind": "analysis", "profile": profile or "default"}) as run:
-        mlflow.log_params(params)
-        for values, step in metrics:
-            mlflow.log_metrics({k: float(v) for k, v in values.items() if v == v}, step=step)  # NaN: no CI
+    Through an `MlflowClient` of that store: no global MLflow state (tracking URI, active experiment)
+    is left set for the caller. A failure while logging ends the run FAILED, not FINISHED."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"kind": "analysis", "profile": profile or "default"})
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=[
+            Metric(k, float(v), now, step or 0) for values, step in metrics for k, v in values.items()
+            if v == v])  # NaN: no CI
         for path in files:
-            mlflow.log_artifact(str(path))
-    return run.info.run_id
+            client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
