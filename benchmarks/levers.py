@@ -42,7 +42,7 @@ from pipeline.data.episodes import Episodes, mean_ci95
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.images import to_tensor
 from pipeline.data.synthetic import SyntheticSet
-from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
+from pipeline.evaluation import EvaluationConfig, accuracy_metrics, build_episodes, per_episode_accuracy, rounded
 from pipeline.io import atomic_path
 from pipeline.training import configure_torch
 from pipeline.variants import VariantConfig, training_pools
@@ -152,32 +152,27 @@ def main() -> None:
     accuracy = per_episode_accuracy(net, embed_all(net, images), episodes)
     row = {"name": args.name, "variant": args.variant, "set": " ".join(args.set), "eval_seed": eval_cfg.seed,
            "train_s": round(seconds, 1), **{k: v for k, v in dataclasses.asdict(cfg).items() if k in changes}}
-    rows = [{**row, **flat(accuracy)}]
+    rows = [{**row, **rounded(accuracy_metrics(accuracy))}]
     if args.peer:
         source = training_pools(dataset, VariantConfig(train_on=("source",)), none)
         start = time.perf_counter()
         peer, n = train_peer(with_rotated_classes(source), seconds, cfg.seed)
         peer_s = time.perf_counter() - start
+        peer_acc = peer_accuracy(peer, images, episodes)
         rows.append({"name": f"{args.name}: peer", "variant": "Prototypical network, Conv-4",
                      "set": f"{n} episodes of 60-way 1-shot 5-query, rotated source classes",
                      "eval_seed": eval_cfg.seed, "train_s": round(peer_s, 1),
-                     **flat(peer_accuracy(peer, images, episodes))})
-        for key in accuracy:
-            rows[0][f"delta_{key}_vs_peer"], rows[0][f"delta_{key}_vs_peer_ci95"] = (
-                round(x, 4) for x in mean_ci95(accuracy[key] - peer_accuracy(peer, images, {key: episodes[key]})[key]))
+                     **rounded(accuracy_metrics(peer_acc))})
+        for key in accuracy:  # paired on the same episodes: the per-episode difference gives the CI
+            delta = f"delta_{key}_vs_peer"
+            d, ci = mean_ci95(accuracy[key] - peer_acc[key])
+            rows[0].update(rounded({delta: d, f"{delta}_ci95": ci}))
     for r in rows:
         print(" ".join(f"{k}={v}" for k, v in r.items()), flush=True)
     frame = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
     with atomic_path(args.out) as tmp:
         pd.concat([frame, pd.DataFrame(rows)], ignore_index=True).to_csv(tmp, index=False)
 
-
-def flat(accuracy: dict[str, np.ndarray]) -> dict[str, float]:
-    """acc_<protocol> and its 95% CI, rounded, from per-episode accuracies."""
-    out = {}
-    for key, acc in accuracy.items():
-        out[f"acc_{key}"], out[f"acc_{key}_ci95"] = (round(x, 4) for x in mean_ci95(acc))
-    return out
 
 
 if __name__ == "__main__":

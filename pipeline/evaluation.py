@@ -72,6 +72,19 @@ def per_episode_accuracy(net: SiameseNet, embeddings: torch.Tensor,
     return {key: episode_accuracy(episode_scores(net, embeddings, ep)) for key, ep in episodes.items()}
 
 
+def accuracy_metrics(per_protocol: dict[str, np.ndarray]) -> dict[str, float]:
+    """`acc_<protocol>` and `acc_<protocol>_ci95` from each protocol's per-episode accuracies."""
+    m: dict[str, float] = {}
+    for key, acc in per_protocol.items():
+        m[f"acc_{key}"], m[f"acc_{key}_ci95"] = mean_ci95(acc)
+    return m
+
+
+def rounded(metrics: dict[str, float]) -> dict[str, float]:
+    """Five decimals: below any difference a 1,000-episode CI can tell apart."""
+    return {k: round(v, 5) for k, v in metrics.items()}
+
+
 def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
     """Per variant: `acc_<protocol>` and `_ci95`; paired deltas, on the headline and the seen-class
     protocol, to the baseline (for every other variant) and to each `compare_with` reference (for
@@ -81,9 +94,7 @@ def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig)
             raise ValueError(f"evaluation.{name}: {ref!r} is not among the variants {sorted(accuracy)}")
     metrics: dict[str, dict[str, float]] = {}
     for variant, per_protocol in accuracy.items():
-        m: dict[str, float] = {}
-        for key, acc in per_protocol.items():
-            m[f"acc_{key}"], m[f"acc_{key}_ci95"] = mean_ci95(acc)
+        m = accuracy_metrics(per_protocol)
         for ref in (cfg.baseline, *cfg.compare_with):
             if variant in (ref, cfg.baseline):
                 continue
@@ -92,7 +103,7 @@ def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig)
                 if key in per_protocol:
                     delta = f"delta_{key}_vs_{ref}"
                     m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[key] - accuracy[ref][key])
-        metrics[variant] = {k: round(v, 5) for k, v in m.items()}
+        metrics[variant] = rounded(m)
     return metrics
 
 

@@ -11,7 +11,9 @@ A source kind gives images to some classes:
 
 A variant's training set is one image pool per class, the kinds' images of that class joined in
 the order of `KINDS`. A variant trains with the `siamese` params, changed for it alone by its own
-`siamese` mapping (for example the model a user ships, trained longer than the comparisons). No
+`siamese` mapping (for example the model a user ships, trained longer than the comparisons): each change
+is checked on its own when params load, so a bad key fails before any stage runs, and checked again laid
+over the `siamese` params when the variant trains (a change may be valid alone but not with them). No
 kind gives images of the `calibration` or `novel` classes: those stay unseen by every classifier.
 Adding a kind is one function and one entry of `KINDS`.
 """

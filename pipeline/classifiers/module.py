@@ -85,6 +85,8 @@ class SiameseModule(pl.LightningModule):
         x1, x2 = batch  # [P, C, S, S] each; row i of both is class i
         e1, e2 = self.net.embed(x1), self.net.embed(x2)
         sim = self.net.similarity(e1, e2)  # [P, P]
+        # Mined for every loss: the proto loss does not use it, but the logged gap below is then the same
+        # quantity whatever the loss, so learning curves compare across losses.
         neg = pick_negatives(sim, self.cfg.mining)
         p = len(neg)
         if self.cfg.loss == "proto":
