@@ -12,6 +12,7 @@ would pay; see the README.)
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,23 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, kind: str, extra: 
     metadata = {"kind": kind, "config": json.dumps(config), "extra": json.dumps(extra or {})}
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Put the header's metadata keys in sorted order, in place. safetensors writes them from a Rust HashMap, in
+    an order that changes from one process to the next: the same weights would give other bytes, another
+    hash, and DVC would rerun every stage after. The header keeps its length (the same compact JSON)."""
+    with path.open("r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) != len(raw.rstrip(b" ")):  # not the compact form safetensors wrote: leave it as it is
+            return
+        fh.seek(8)
+        fh.write(text.ljust(size, b" "))
 
 
 def _file(path: str | Path) -> Path:

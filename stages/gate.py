@@ -11,7 +11,6 @@ Exit status: 0 pass, 1 a metric fell beyond its tolerance, fell below a floor or
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from pipeline.config import load_params, section
 from pipeline.gate import GateConfig, Metrics, gate_text, report_markdown, run_gate, validate_metrics
 from pipeline.io import atomic_path, read_json, write_json
+from pipeline.lifecycle import guard_stage
 from pipeline.profile import profile_params
 
 EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
@@ -26,13 +26,7 @@ EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
 
 def read_metrics(path: Path, fix: str) -> Metrics:
     """A metrics JSON file, checked; errors name the file and `fix`."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {fix}")
-    try:
-        data = read_json(path)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); {fix}") from exc
-    return validate_metrics(data, str(path), fix)
+    return validate_metrics(read_json(path, fix), str(path), fix)
 
 
 def pictures(params: dict, reports: Path, report: Path) -> list[tuple[str, str]]:
@@ -45,6 +39,7 @@ def pictures(params: dict, reports: Path, report: Path) -> list[tuple[str, str]]
 
 
 def main() -> int:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", type=Path, help="params.yaml, with profiles/ beside it")
     ap.add_argument("--profile", help="lay profiles/<name>.yaml over the params (the run came from `make <name>`)")
