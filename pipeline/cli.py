@@ -6,7 +6,14 @@
     oneshot-gda verify  --model runs:/<run id>/model a.png b.png
 
 Bad input (a missing file, a non-image, an empty support folder, a file that is not a model or a
-bank) prints `error: ...` naming it and exits with status 1, having written nothing.
+bank, an image under 8 x 8 pixels, a blank support image, `--output` or `--out` in a folder that does
+not exist, a tracking server that does not answer) prints `error: ...` naming it and exits with
+status 1, having written nothing. A blank query (every pixel the same) is still answered, with a
+`warning: ...` on stderr: one empty scan should not cost the rows of all the others.
+
+Concurrent `enroll`s into one bank take turns on `<bank>.lock` beside it, so each one's classes are
+kept. The lock file is removed after each enroll; one killed (kill -9) leaves it behind, harmlessly:
+the kernel has released its lock, and the next enroll takes it over and removes it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import inference
 from pipeline.io import atomic_path
@@ -36,6 +46,25 @@ def to_csv(header: list[str], rows: list[list[object]]) -> str:
     return buffer.getvalue()
 
 
+def check_output(path: Path | None, flag: str) -> None:
+    """Fail before any work when the file to write cannot be: a typo in a folder name must not create it."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder; give the name of the file to write in it")
+    if not path.parent.is_dir():
+        what = "not a folder" if path.parent.exists() else "no such folder"
+        raise FileNotFoundError(f"{flag} {path}: {path.parent}: {what}; create it first, or write elsewhere")
+
+
+def warn_blank(paths: Sequence[Path], images: np.ndarray) -> None:
+    """A blank query gets an answer, but not one that means anything: say so, naming it."""
+    for path, blank in zip(paths, inference.blank_images(images), strict=True):
+        if blank:
+            print(f"warning: {path}: blank image (every pixel the same, no strokes); its answer means nothing",
+                  file=sys.stderr)
+
+
 def emit(text: str, output: Path | None) -> None:
     """Print, or write `output` under a temporary name renamed into place."""
     if output is None:
@@ -46,6 +75,9 @@ def emit(text: str, output: Path | None) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    if args.top_k < 1:
+        raise ValueError(f"--top-k {args.top_k}: must be 1 or more (how many of the best classes to list)")
+    check_output(args.output, "--output")
     model = inference.load_model(args.model)
     if args.bank is not None:
         bank = inference.Bank.load(args.bank)
@@ -53,7 +85,9 @@ def run_predict(args: argparse.Namespace) -> None:
     else:
         bank = inference.enroll(model, inference.read_support(args.support, model.spec))
     queries = inference.list_queries(args.query)
-    result = inference.predict(model, bank, inference.read_images(queries, model.spec), args.top_k)
+    images = inference.read_images(queries, model.spec)
+    result = inference.predict(model, bank, images, args.top_k)
+    warn_blank(queries, images)
     header = ["query", "prediction", "score"]
     for k in range(2, args.top_k + 1):
         header += [f"prediction_{k}", f"score_{k}"]
@@ -63,21 +97,23 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_enroll(args: argparse.Namespace) -> None:
+    check_output(args.out, "--out")
     model = inference.load_model(args.model)
-    existing = inference.Bank.load(args.out) if args.out.exists() else None
-    if existing is not None:
-        existing.check_model(model, where=str(args.out))
-    support = inference.read_support(args.support, model.spec)
-    bank = inference.enroll(model, support, existing)
-    bank.save(args.out)
+    support = inference.read_support(args.support, model.spec)  # before the lock: others wait only for the merge
+    existing, bank = inference.add_to_bank(args.out, model, support)
     before = 0 if existing is None else len(existing.class_names)
     print(f"{args.out}: {len(bank.class_names)} classes ({len(bank.class_names) - before} new), "
           f"{len(bank.labels)} examples ({len(support.labels)} added), model {model.source}")
 
 
 def run_verify(args: argparse.Namespace) -> None:
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ValueError(f"--threshold {args.threshold}: not a finite number; give a similarity such as 0.5, "
+                         "or leave it out to use the threshold calibrated at training")
     model = inference.load_model(args.model)
-    a, b = inference.read_images([args.a, args.b], model.spec)
+    images = inference.read_images([args.a, args.b], model.spec)
+    warn_blank([args.a, args.b], images)
+    a, b = images
     verdict = inference.verify(model, a, b, args.threshold)
     print(to_csv(["a", "b", "same", "similarity", "threshold", "target"],
                  [[args.a, args.b, str(verdict.same).lower(), f"{verdict.similarity:.6f}", f"{verdict.threshold:.6f}",

@@ -9,19 +9,29 @@ Every image goes through `data.images.load_image_file` with the model's `ImageSp
 inversion): the preprocessing its training images had.
 Prediction scores queries exactly as `SiameseClassifier` does (the evaluation's scoring): a
 class's score is the similarity to the mean of its examples' embeddings.
+
+Images that carry no drawing are caught here: one under `MIN_IMAGE_SIDE` pixels a side is refused,
+and a blank one (every pixel the same after preprocessing) is refused as a support example;
+`blank_images` lets a caller warn about blank queries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
+import math
+import os
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pipeline import tracking
 from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
@@ -32,6 +42,10 @@ from pipeline.io import atomic_path
 
 BANK_KIND = "oneshot-gda support bank"
 SUPPORT_LAYOUTS = "a folder of class subfolders holding example images, or a folder of image files named by class"
+# Below 8 pixels a side an image cannot hold strokes a network could tell apart (scikit-learn's 8 x 8
+# handwritten digits are about the smallest still told apart): a 1 x 1 or 3 x 3 file scaled up to the
+# network's size is a flat patch, and its prediction would mean nothing. A smaller network input is its own limit.
+MIN_IMAGE_SIDE = 8
 
 
 # ---------------------------------------------------------------------------- the model
@@ -63,7 +77,7 @@ def load_model(spec: str | Path) -> TrainedModel:
     """
     spec = str(spec)
     if tracking.is_model_uri(spec):
-        net, metadata = tracking.load_logged_model(spec)
+        net, metadata = _load_logged_model(spec)
         if not isinstance(net, SiameseNet):
             raise ValueError(f"{spec}: the logged model is a {type(net).__name__}, not a Siamese network of this "
                              "pipeline (log it from `stages/evaluate.py`)")
@@ -78,6 +92,59 @@ def load_model(spec: str | Path) -> TrainedModel:
                         verify=Calibration(**verify) if verify else None, spec=ImageSpec(**image_spec))
 
 
+def _load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
+    """`tracking.load_logged_model`, with a server that does not answer named as such.
+
+    MLflow turns a refused or timed-out request into an MlflowException (and `tracking` into a
+    ValueError saying the URI is no model): the connection error is found in the exception chain.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.load_logged_model(uri)
+    except (tracking.TrackingError, MlflowException, OSError, ValueError) as exc:
+        failure = _connection_failure(exc)
+        if failure is None:
+            if isinstance(exc, MlflowException):  # not wrapped by `tracking`: still an error naming the URI
+                raise ValueError(f"{uri}: {exc}") from exc
+            raise
+        store, variable = tracking.tracking_uri(), "MLFLOW_TRACKING_URI"
+        registry = os.environ.get("MLFLOW_REGISTRY_URI")
+        url = getattr(getattr(failure, "request", None), "url", None) or ""
+        if registry and registry != store and url.startswith(registry.rstrip("/")):
+            where, store, variable = "the model registry", registry, "MLFLOW_REGISTRY_URI"
+        else:
+            where = "the tracking server"
+        raise ConnectionError(f"{uri}: cannot reach {where} at {store} ({_innermost(exc)}); "
+                              f"start it or set {variable}") from exc
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The refused, unresolved or timed-out connection behind `exc`, or None if it is another error."""
+    import requests
+
+    for link in _chain(exc):
+        if isinstance(link, (tracking.TrackingError, requests.ConnectionError, requests.Timeout)):
+            return link
+    return None
+
+
+def _innermost(exc: BaseException) -> str:
+    """The root cause of `exc` in a few words (`[Errno 111] Connection refused`, `timed out`)."""
+    *_, root = _chain(exc)
+    return str(root) or type(root).__name__
+
+
 # ---------------------------------------------------------------------------- images
 
 
@@ -87,13 +154,28 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def read_images(paths: Sequence[str | Path], spec: ImageSpec) -> np.ndarray:
-    """Image files -> uint8 [N, C, S, S] through the training preprocessing `spec`."""
+    """Image files -> uint8 [N, C, S, S] through the training preprocessing `spec`.
+
+    A file under `MIN_IMAGE_SIDE` pixels a side (or the network's own size, if smaller) is a ValueError
+    naming it: scaled up to S x S it would be a flat patch.
+    """
+    least = min(MIN_IMAGE_SIDE, spec.size)
     out = np.empty((len(paths), spec.channels, spec.size, spec.size), dtype=np.uint8)
     for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        out[i] = load_image_file(path, spec)
+        out[i] = load_image_file(path, spec)  # names a file that is no image
+        with Image.open(path) as image:  # only the header: the size before preprocessing
+            width, height = image.size
+        if min(width, height) < least:
+            raise ValueError(f"{path}: {width} x {height} pixels, too small to hold a drawing; give an image "
+                             f"at least {least} x {least} pixels (the model reads {spec.size} x {spec.size})")
     return out
+
+
+def blank_images(images: np.ndarray) -> np.ndarray:
+    """[N] bool: which images [N, C, S, S] are blank, every pixel of each channel the same (no strokes)."""
+    return (images == images[:, :, :1, :1]).all(axis=(1, 2, 3))
 
 
 def list_queries(paths: Iterable[str | Path]) -> list[Path]:
@@ -160,12 +242,21 @@ def support_files(folder: str | Path) -> dict[str, list[Path]]:
 
 
 def read_support(folder: str | Path, spec: ImageSpec) -> Support:
-    """Read a support folder in either layout (see `SUPPORT_LAYOUTS`), classes in name order."""
+    """Read a support folder in either layout (see `SUPPORT_LAYOUTS`), classes in name order.
+
+    A blank example is a ValueError naming it: it would pull its class's prototype towards the empty
+    page, for every query after, and a bank would keep it.
+    """
     classes = support_files(folder)
     paths = [p for examples in classes.values() for p in examples]
     labels = np.concatenate([np.full(len(examples), c) for c, examples in enumerate(classes.values())])
-    return Support(class_names=tuple(classes), labels=labels.astype(np.int64), images=read_images(paths, spec),
-                   paths=tuple(paths))
+    images = read_images(paths, spec)
+    blank = blank_images(images)
+    if blank.any():
+        i = int(np.argmax(blank))
+        raise ValueError(f"{paths[i]}: blank image (every pixel the same, no strokes), no example of class "
+                         f"{list(classes)[labels[i]]!r}; remove it from the support or replace it with a drawing")
+    return Support(class_names=tuple(classes), labels=labels.astype(np.int64), images=images, paths=tuple(paths))
 
 
 # ---------------------------------------------------------------------------- the bank
@@ -209,6 +300,53 @@ class Bank:
             raise ValueError(f"{where} was enrolled with another model ({self.model_source}, weights "
                              f"{self.model_identity[:12]}) than {model.source} (weights {model.identity[:12]}); "
                              "enroll the support again with this model")
+
+
+@contextlib.contextmanager
+def bank_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `<bank>.lock` beside the bank `path`: writers of one bank take turns.
+
+    The holder removes the lock file before letting go, so a waiter can wake up holding a file that is
+    no longer there: it checks that the path still names the file it locked, and locks afresh if not.
+    The kernel drops the lock of a process that dies, even by kill -9; such a process leaves the lock
+    file behind, which the next writer takes and removes.
+    """
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass  # the holder before us removed it: lock the one there now
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def add_to_bank(path: str | Path, model: TrainedModel, support: Support) -> tuple[Bank | None, Bank]:
+    """Enroll `support` into the bank file at `path` (a new one if there is none): (the bank before, after).
+
+    `bank_lock` is held from reading the bank to renaming the new one into place, so concurrent calls
+    add up instead of the last one dropping the others' classes. A writer killed while writing leaves
+    the old bank whole (`Bank.save` renames into place) and its temporary file, which the next
+    `atomic_path` write of the bank removes.
+    """
+    path = Path(path)
+    with bank_lock(path):
+        existing = Bank.load(path) if path.exists() else None
+        if existing is not None:
+            existing.check_model(model, where=str(path))
+        bank = enroll(model, support, existing)
+        bank.save(path)
+    return existing, bank
 
 
 def enroll(model: TrainedModel, support: Support, bank: Bank | None = None) -> Bank:
@@ -260,6 +398,8 @@ class Verdict:
 def verify(model: TrainedModel, a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> Verdict:
     """Same class or not, for two images [C, S, S] uint8; `threshold` overrides the model's calibrated one."""
     if threshold is not None:
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold={threshold}: the similarity threshold must be a finite number")
         target = "given"
     elif model.verify is not None:
         threshold, target = model.verify.threshold, model.verify.target
