@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.io import atomic_dir, atomic_path, read_json, write_json, write_npz
+from pipeline.io import atomic_dir, atomic_path, read_json, remove_dead_temporaries, staged, write_json, write_npz
 
 
 class Interrupted(RuntimeError):
@@ -119,3 +122,46 @@ def test_write_npz_is_byte_deterministic_and_loads(tmp_path: Path) -> None:
         np.testing.assert_array_equal(data["images"], arrays["images"])
         np.testing.assert_array_equal(data["names"], arrays["names"])
     assert not list(tmp_path.glob(".*")), "no temporary file left beside it"
+
+
+def test_outputs_get_the_modes_the_umask_gives(tmp_path: Path) -> None:
+    """Not mkstemp's owner-only 600 / mkdtemp's 700: another user, or a serving container, reads them."""
+    before = os.umask(0o027)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "w.bin").write_bytes(b"w")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o750
+
+
+def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".model.{dead.pid}.x1y2.tmp"
+    stale.mkdir()
+    live = tmp_path / f".model.{os.getpid()}.a1b2.tmp"  # a writer that still runs: never touched
+    live.mkdir()
+    other = tmp_path / f".report.{dead.pid}.c3d4.tmp.json"  # another output's: only its own write removes it
+    other.write_text("{")
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "w.bin").write_bytes(b"w")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert remove_dead_temporaries(tmp_path) == [other]
+
+
+def test_staged_outputs_replace_the_old_ones_only_when_the_block_succeeds(tmp_path: Path) -> None:
+    a, b = tmp_path / "metrics.json", tmp_path / "plots" / "table.csv"
+    write_json(a, {"old": True})
+    with pytest.raises(RuntimeError), staged({a: a.name, b: b.name}) as aside:
+        aside[a].write_text('{"new": true}\n')
+        aside[b].write_text("x\n1\n")
+        raise RuntimeError("the tracking server went away while logging")
+    assert json.loads(a.read_text()) == {"old": True} and not b.exists()
+    with staged({a: a.name, b: b.name}) as aside:
+        aside[a].write_text('{"new": true}\n')
+        aside[b].write_text("x\n1\n")
+    assert json.loads(a.read_text()) == {"new": True} and b.read_text() == "x\n1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "plots"]
