@@ -7,6 +7,7 @@ load time with the key's dotted name, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,12 +22,16 @@ class ParamsError(ValueError):
     """A value in params.yaml is missing, unknown or out of range."""
 
 
+# A number as a person writes it: what YAML 1.1 leaves a string (`1e-3`, `2E4`, `.5e1`) included.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ParamsError(f"params.yaml: `{key}` = {value!r} is not allowed; expected {allowed}")
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def _coerce(tp: Any, value: Any, key: str, strict: bool = False) -> Any:
     """Check `value` against the annotation `tp`, converting lists to tuples."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -37,11 +42,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         candidates = [t for t in options if t is not type(None)]
         if len(candidates) == 1:
             # `X | None`: X's own error already names the deepest key (e.g. `data.download.base_url`).
-            return _coerce(candidates[0], value, key)
+            return _coerce(candidates[0], value, key, strict)
         errors = []
         for inner in candidates:
             try:
-                return _coerce(inner, value, key)
+                return _coerce(inner, value, key, strict)
             except ParamsError as exc:
                 errors.append(str(exc).split("expected ")[-1])
         raise ParamsError(f"params.yaml: `{key}` = {value!r} is not allowed; expected {' or '.join(errors)}")
@@ -51,13 +56,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), key, value, "a list")
         (inner, _) = get_args(tp) if len(get_args(tp)) == 2 else (get_args(tp)[0], ...)
-        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(inner, v, f"{key}[{i}]", strict) for i, v in enumerate(value))
     if origin is dict:
         _check(isinstance(value, dict), key, value, "a mapping")
         _, inner = get_args(tp)
-        return {k: _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
+        return {k: _coerce(inner, v, f"{key}.{k}", strict) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)  # type: ignore[type-var, arg-type]
+        return from_dict(tp, value, key, strict)  # type: ignore[type-var, arg-type]
     if tp is bool:
         _check(isinstance(value, bool), key, value, "true or false")
         return value
@@ -65,7 +70,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number")
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML, DVC) reads `1e-3` as a string: it wants `1.0e-3`. Take the number meant.
+            return float(value)
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value,
+               "a number (YAML reads `1e-3` as a string unless it is written `1.0e-3`; both are taken)"
+               if isinstance(value, str) else "a number")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, value, "a string")
@@ -75,8 +85,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
-def from_dict(cls: type[T], data: Any, key: str) -> T:
-    """Build the frozen dataclass `cls` from a params mapping, naming `key` in errors."""
+def optional_keys(cls: type) -> set[str]:
+    """The keys params.yaml may leave out of a `cls` section: those whose default is null (the feature is off),
+    and those the class lists in `OPTIONAL`. Every other key must be spelt out, so that deleting one is an
+    error rather than a silent fall back to the code's default."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    return {f.name for f in fields if f.default is None} | set(getattr(cls, "OPTIONAL", ()))
+
+
+def from_dict(cls: type[T], data: Any, key: str, strict: bool = False, optional: tuple[str, ...] = ()) -> T:
+    """Build the frozen dataclass `cls` from a params mapping, naming `key` in errors.
+
+    `strict` (params.yaml's sections, see `section`): a key that is not in `optional_keys(cls)` or
+    `optional` must be given, also in nested sections. Otherwise the dataclass defaults fill what is left
+    out (code and tests that build a config from a few keys)."""
     _check(isinstance(data, dict), key, data, "a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -86,11 +108,14 @@ def from_dict(cls: type[T], data: Any, key: str) -> T:
             f"params.yaml: unknown key `{key}.{unknown[0]}`; allowed keys under `{key}`: {', '.join(sorted(fields))}"
         )
     kwargs = {}
+    may_omit = optional_keys(cls) | set(optional) if strict else set(fields)
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{key}.{name}")
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ParamsError(f"params.yaml: missing key `{key}.{name}`")
+            kwargs[name] = _coerce(hints[name], data[name], f"{key}.{name}", strict)
+        elif name not in may_omit or (field.default is dataclasses.MISSING
+                                      and field.default_factory is dataclasses.MISSING):
+            raise ParamsError(f"params.yaml: missing key `{key}.{name}`; add it (params.yaml of the project "
+                              "shows every key with its default)")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
@@ -127,6 +152,27 @@ class TrainerConfig:
 
     def validate(self, key: str) -> None:
         positive(key, num_nodes=self.num_nodes, num_threads=self.num_threads)
+        check_precision(self.precision, f"{key}.precision")
+        _check(self.accelerator in ACCELERATORS, f"{key}.accelerator", self.accelerator,
+               "one of " + ", ".join(ACCELERATORS))
+        _check((isinstance(self.devices, int) and self.devices >= 1) or self.devices == "auto"
+               or (isinstance(self.devices, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", self.devices) is not None),
+               f"{key}.devices", self.devices, "a count >= 1, auto, or a list of device indices such as '0,1'")
+        if self.accelerator in ("gpu", "cuda", "mps"):
+            import torch  # only when a GPU is asked for: reading params stays light
+
+            present = torch.cuda.is_available() if self.accelerator != "mps" else torch.backends.mps.is_available()
+            _check(present, f"{key}.accelerator", self.accelerator,
+                   "an accelerator this machine has: none of that kind is visible to torch here (use cpu, or auto)")
+
+
+# Lightning's accelerator names and precision settings (`lightning.Trainer`'s `accelerator`, `precision`).
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
+
+
+def check_precision(value: str, key: str) -> None:
+    _check(value in PRECISIONS, key, value, "one of " + ", ".join(PRECISIONS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +196,12 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
-def section(params: dict[str, Any], cls: type[T], dotted: str) -> T:
-    """Validate the params section at `dotted` (e.g. `generator.vae`) as `cls`."""
+def section(params: dict[str, Any], cls: type[T], dotted: str, optional: tuple[str, ...] = ()) -> T:
+    """Validate the params section at `dotted` (e.g. `generator.vae`) as `cls`, strictly: every key but
+    the optional ones (`optional_keys`, plus `optional`) must be there."""
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             raise ParamsError(f"params.yaml: missing section `{dotted}`")
         node = node[part]
-    return from_dict(cls, node, dotted)
+    return from_dict(cls, node, dotted, strict=True, optional=optional)

@@ -7,6 +7,7 @@ classifier that `oneshot-gda predict` scores a user's images with.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from pipeline.data.images import to_tensor
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("compare_with",)  # may be left out: no further references
+
     ways: tuple[int, ...] = (20, 5)  # N of the N-way episodes over all novel classes; the first is the headline
     # N of the within-group episodes (Lake et al. 2015's within-alphabet protocol); null: none, e.g. for
     # data without groups (the flat class-folder layout), where no group holds N classes.

@@ -15,7 +15,7 @@ import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pipeline.config import _check
 
@@ -29,6 +29,8 @@ FAILING = ("FAIL", "MISSING")
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("floors",)  # may be left out: the reference alone
+
     reference: str  # this profile's committed reference metrics, relative to the project root
     compare: tuple[str, ...] = ("acc_*", "delta_*")  # metrics (glob patterns) compared with the reference
     margin: float = 0.01  # least tolerance of a drop, also for metrics without a CI

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ from pipeline.data.synthetic import SyntheticSet
 
 @dataclasses.dataclass(frozen=True)
 class VariantConfig:
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("classic", "siamese")  # may be left out: on, and no changes
+
     train_on: tuple[str, ...] = ("exemplars",)  # source kinds (KINDS): exemplars, synthetic, real, source
     synthetic: str = "none"  # the generator whose drawings `synthetic` adds, or "none"
     real_per_class: int | None = None  # `real`: at most this many real images per one-shot class (null: all)

@@ -21,11 +21,13 @@ from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.io import atomic_dir, write_json
+from pipeline.lifecycle import guard_stage
 from pipeline.training import configure_torch
 from pipeline.variants import source_pools
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", required=True, help="prepared dataset.npz")
@@ -33,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, SiameseConfig, "reference")
+    cfg = section(params, SiameseConfig, "reference", optional=SiameseConfig.REFERENCE_OMITS)
     augment = section(params, ClassicAugmentConfig, "augment")
     trainer_cfg = section(params, TrainerConfig, "trainer")
     tracking_cfg = section(params, TrackingConfig, "tracking")

@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 import yaml
 
+from pipeline.classifiers.module import SiameseConfig
 from pipeline.config import (
     ParamsError,
     TrainerConfig,
@@ -18,7 +19,9 @@ from pipeline.config import (
 )
 from pipeline.data.prepare import DataConfig, DownloadConfig
 from pipeline.evaluation import EvaluationConfig
+from pipeline.generators.gan import GANConfig
 from pipeline.profile import overlay
+from pipeline.variants import VariantConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,13 +176,51 @@ def test_within_group_way_may_be_null_but_not_below_2() -> None:
 
 
 def test_section_reads_a_dotted_path_and_names_a_missing_one() -> None:
-    params = {"data": {"image_size": 32}, "a": {"b": {"devices": 3}}}
+    project = load_params(ROOT / "params.yaml")
+    params = {"data": {**project["data"], "image_size": 32}, "a": {"b": {**project["trainer"], "devices": 3}}}
     assert section(params, DataConfig, "data").image_size == 32
     assert section(params, TrainerConfig, "a.b").devices == 3
     with pytest.raises(ParamsError, match=r"missing section `a\.c`"):
         section(params, TrainerConfig, "a.c")
     with pytest.raises(ParamsError, match=r"`data` = 3 .*expected a mapping"):
         section({"data": 3}, DataConfig, "data")
+
+
+def test_a_key_deleted_from_params_is_an_error_not_a_silent_default() -> None:
+    """The profile said 150 steps; with the key gone the code's 2,000 would run. Only keys documented as
+    optional (a null default: the feature off; or the class's OPTIONAL) may be left out."""
+    project = load_params(ROOT / "params.yaml")
+    siamese = {k: v for k, v in project["siamese"].items() if k != "max_steps"}
+    with pytest.raises(ParamsError, match=r"missing key `siamese\.max_steps`"):
+        section({"siamese": siamese}, SiameseConfig, "siamese")
+    gan = {k: v for k, v in project["generator"]["gan"].items() if k != "lr_critic"}
+    with pytest.raises(ParamsError, match=r"missing key `generator\.gan\.lr_critic`"):
+        section({"generator": {"gan": gan}}, GANConfig, "generator.gan")
+    data = {k: v for k, v in project["data"].items() if k not in ("path", "subdir", "split_file", "download")}
+    assert section({"data": data}, DataConfig, "data").download is None  # null default: may be left out
+    assert section({"v": {"train_on": ["exemplars"], "synthetic": "none"}}, VariantConfig, "v").classic
+    assert from_dict(SiameseConfig, {"max_steps": 10}, "siamese").lr == SiameseConfig.lr  # code: defaults fill
+
+
+@pytest.mark.parametrize("written", ["1e-3", "1E-3", "+1e-3"])
+def test_numbers_yaml_reads_as_strings_are_taken(written: str) -> None:
+    """YAML 1.1 (PyYAML, DVC) reads `1e-3` as the string '1e-3': it is the number the user meant."""
+    raw = yaml.safe_load(f"lr: {written}")
+    assert raw["lr"] == written  # what YAML gives
+    assert from_dict(SiameseConfig, raw, "siamese").lr == pytest.approx(1e-3)
+    with pytest.raises(ParamsError, match=r"`siamese\.lr` = 'fast' .*expected a number"):
+        from_dict(SiameseConfig, {"lr": "fast"}, "siamese")
+
+
+def test_an_accelerator_this_machine_lacks_is_named_at_load() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ParamsError, match=r"`trainer\.accelerator` = 'gpu' .*none of that kind is visible"):
+        from_dict(TrainerConfig, {"accelerator": "gpu"}, "trainer")
+    with pytest.raises(ParamsError, match=r"`trainer\.precision` = 'bf16' .*bf16-mixed"):
+        from_dict(TrainerConfig, {"precision": "bf16"}, "trainer")
 
 
 def test_load_params_missing_file(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from pipeline.config import ParamsError, from_dict
+from pipeline.config import ParamsError, from_dict, load_params
 from pipeline.data import folder
 from pipeline.data.fewshot import ROLES, DataError, FewShotSet, assign_exemplars, assign_roles
 from pipeline.data.images import ImageSpec
@@ -648,7 +648,8 @@ def snapshot(folder_path: Path) -> dict[str, bytes]:
 
 def test_prepare_stage_reads_a_zip_and_keeps_its_output_on_bad_input(grouped_root: Path, tmp_path: Path) -> None:
     archive = zip_tree(grouped_root, tmp_path / "images.zip")
-    data = {"source": "folder", "path": str(archive), "roles": {"source": 1, "train": 1}, "image_size": 16}
+    data = {**load_params(ROOT / "params.yaml")["data"], "source": "folder", "path": str(archive),
+            "roles": {"source": 1, "train": 1}, "image_size": 16}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": data}))
     out, none = tmp_path / "prepared", tmp_path / "none"

@@ -11,7 +11,7 @@ one cycle.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -44,6 +44,10 @@ class SiameseConfig:
     seed: int = 0
     verify_target: str = "eer"  # what the saved verification threshold meets: `eer` or `far@X`
     verify_pairs: int = 2000  # same-class and as many different-class pairs of source classes to calibrate it on
+
+    # The `reference` section trains with this class too, but is neither validated during training nor
+    # calibrated for verification: these keys mean nothing there and it may leave them out.
+    REFERENCE_OMITS: ClassVar[tuple[str, ...]] = ("val_every", "verify_target", "verify_pairs")
 
     def validate(self, key: str) -> None:
         _check(self.loss in LOSSES, f"{key}.loss", self.loss, "one of " + ", ".join(LOSSES))

@@ -40,7 +40,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from pipeline.config import _check, positive
+from pipeline.config import _check, check_precision, positive
 from pipeline.generators.blocks import identity_grid, multiscale_errors
 
 
@@ -77,6 +77,8 @@ class GANConfig:
                  max_displacement=self.max_displacement, flow_resolution=self.flow_resolution,
                  critic_steps=self.critic_steps, batch_size=self.batch_size, lr_generator=self.lr_generator,
                  lr_critic=self.lr_critic, max_steps=self.max_steps)
+        if self.precision is not None:
+            check_precision(self.precision, f"{key}.precision")
         _check(len(self.widths) >= 2 and all(w > 0 and w % 8 == 0 for w in self.widths), f"{key}.widths",
                self.widths, "at least two channel counts, each a positive multiple of 8 (GroupNorm groups)")
         _check(self.batch_size >= 2, f"{key}.batch_size", self.batch_size,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import _check, positive
+from pipeline.config import _check, check_precision, positive
 from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid, multiscale_error
 
 
@@ -45,6 +45,8 @@ class VAEConfig:
         positive(key, latent_dim=self.latent_dim, max_displacement=self.max_displacement, batch_size=self.batch_size,
                  lr=self.lr, max_steps=self.max_steps)
         _check(self.beta >= 0, f"{key}.beta", self.beta, "a number >= 0")
+        if self.precision is not None:
+            check_precision(self.precision, f"{key}.precision")
         _check(len(self.widths) >= 2 and all(w > 0 for w in self.widths), f"{key}.widths", self.widths,
                "at least two positive channel counts")
         _check(all(s >= 1 for s in self.scales) and len(self.scales) > 0, f"{key}.scales", self.scales,
