@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -72,7 +73,44 @@ def setup(cfg: TrackingConfig) -> str | None:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.experiment)
+    end_orphaned_runs(uri, cfg.experiment)
     return uri
+
+
+def process_id(pid: int | None = None) -> str:
+    """`host:pid:start`: names a process uniquely on its machine (a pid alone is reused)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_started(pid)}"
+
+
+def _started(pid: int) -> str:
+    try:  # field 22 of /proc/<pid>/stat, after the parenthesised command name: start time in clock ticks
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def end_orphaned_runs(uri: str, experiment: str) -> list[str]:
+    """End KILLED the RUNNING runs of `experiment` whose process, on this machine, is gone (a kill -9, a
+    power cut): no run stays RUNNING for ever. Runs of other machines, or without the tag, are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        owner = run.data.tags.get("process", "")
+        name, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if name == host and pid.isdigit() and process_id(int(pid)) != owner:
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        print(f"MLflow: ended {len(ended)} run(s) KILLED whose process had died: {', '.join(ended)}")
+    return ended
 
 
 def git_commit() -> str:
@@ -85,8 +123,8 @@ def git_commit() -> str:
 
 
 def run_tags(**extra: str | None) -> dict[str, str]:
-    """Tags every run carries: git commit and DVC experiment name, plus `extra`."""
-    tags = {"git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")}
+    """Tags every run carries: git commit, DVC experiment name and the process that logs it, plus `extra`."""
+    tags = {"git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), "process": process_id()}
     tags.update({k: v for k, v in extra.items() if v is not None})
     return tags
 

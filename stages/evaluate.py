@@ -30,7 +30,8 @@ from pipeline.evaluation import (
     synthetic_measures,
     synthetic_support,
 )
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import read_json, staged, write_json
+from pipeline.lifecycle import guard_stage
 from pipeline.plots import accuracy_bars, accuracy_table, curve_table, learning_curves, sweep_curve
 from pipeline.variants import VariantConfig
 
@@ -97,6 +98,7 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", required=True, help="prepared dataset.npz")
@@ -152,24 +154,25 @@ def main() -> None:
     histories = {v: pd.read_csv(Path(args.classifiers) / v / "metrics.csv") for v in variants
                  if (Path(args.classifiers) / v / "metrics.csv").is_file()}
     sweeps = {f.stem: pd.read_csv(f) for f in sorted(Path(args.sweep).glob("*.csv"))}
-    pictures = []
     figures = [("curves.png", learning_curves(histories)),
                ("accuracy.png", accuracy_bars(metrics, [f"acc_{k}" for k in episodes]))]
     if sweeps:
         figures.append(("sweep.png", sweep_curve(sweeps, f"acc_{cfg.headline}")))
-    for name, fig in figures:
-        with atomic_path(reports / name) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        pictures.append(reports / name)
-    for name, table in (("curves.csv", curve_table(histories)),
-                        ("accuracy.csv", accuracy_table(metrics, [f"acc_{k}" for k in episodes]))):
-        with atomic_path(Path(args.plots) / name) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
-    write_json(args.metrics, metrics)
-
-    if uri is not None:
-        group = log_to_mlflow(metrics, variants, ckpts, nets, histories, args, params, pictures, sweeps)
-        print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
+    # Everything is written aside first and logged from there; only then does it replace the outputs, so a
+    # failure while logging leaves the last metrics and pictures as they were, beside a FAILED run.
+    with staged({reports / name: name for name, _ in figures} | {
+            Path(args.plots) / "curves.csv": "curves.csv", Path(args.plots) / "accuracy.csv": "accuracy.csv",
+            Path(args.metrics): Path(args.metrics).name}) as aside:
+        for name, fig in figures:
+            fig.savefig(aside[reports / name], dpi=100, format="png")
+        curve_table(histories).to_csv(aside[Path(args.plots) / "curves.csv"], index=False, float_format="%.6g")
+        accuracy_table(metrics, [f"acc_{k}" for k in episodes]).to_csv(
+            aside[Path(args.plots) / "accuracy.csv"], index=False, float_format="%.6g")
+        write_json(aside[Path(args.metrics)], metrics)
+        if uri is not None:
+            pictures = [aside[reports / name] for name, _ in figures]
+            group = log_to_mlflow(metrics, variants, ckpts, nets, histories, args, params, pictures, sweeps)
+            print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
     headline = f"acc_{cfg.headline}"
     for variant, m in metrics.items():
         print(f"{variant:>10}: {headline} {m[headline]:.3f} +/- {m[headline + '_ci95']:.3f}")

@@ -10,9 +10,11 @@ from pipeline.config import load_params, section
 from pipeline.data.prepare import DataConfig, prepare_dataset
 from pipeline.data.synthetic import SyntheticSet
 from pipeline.io import atomic_dir, write_json
+from pipeline.lifecycle import guard_stage
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", required=True, help="folder for dataset.npz and manifest.json")

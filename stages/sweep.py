@@ -27,6 +27,7 @@ from pipeline.data.synthetic import SyntheticSet
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.generators.synthesis import SweepConfig
 from pipeline.io import atomic_path
+from pipeline.lifecycle import guard_stage
 from pipeline.training import configure_torch
 from pipeline.variants import fit_generator_variant
 
@@ -43,6 +44,7 @@ def reusable(ckpt: dict, generator: str, cfg: SiameseConfig, augment: ClassicAug
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--generator", required=True)

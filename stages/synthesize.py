@@ -15,9 +15,11 @@ from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import load_generator
 from pipeline.generators.synthesis import SweepConfig, SynthesisConfig, sample_grid, synthesize
 from pipeline.io import atomic_dir, atomic_path, write_npz
+from pipeline.lifecycle import guard_stage
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--generator", required=True, help="generator checkpoint (its folder or model.safetensors)")

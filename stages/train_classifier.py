@@ -19,11 +19,13 @@ from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.synthetic import SyntheticSet
 from pipeline.io import atomic_dir, write_json
+from pipeline.lifecycle import guard_stage
 from pipeline.training import configure_torch
 from pipeline.variants import VariantConfig, training_set
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--variant", required=True)

@@ -16,10 +16,12 @@ from pipeline.generators import get_family, save_generator
 from pipeline.generators.synthesis import sample_grid
 from pipeline.generators.training import fit_generator, source_samples
 from pipeline.io import atomic_dir, write_json
+from pipeline.lifecycle import guard_stage
 from pipeline.training import configure_torch, with_overrides
 
 
 def main() -> None:
+    guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--name", required=True, help="generator family, a key of pipeline.generators.GENERATORS")

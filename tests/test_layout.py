@@ -91,23 +91,31 @@ def test_every_variant_names_its_synthetic_input() -> None:
             assert "synthetic" in raw, f"{path.name}: variants.{name} lacks `synthetic`"
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
-def test_every_profile_gives_valid_classifier_and_evaluation_params(profile: str) -> None:
-    """Each variant's own training params (the `siamese` section with its changes), its sources, the
-    evaluation and the gate of every profile load and pass their checks."""
-    from pipeline.classifiers.module import SiameseConfig
-    from pipeline.config import section
-    from pipeline.evaluation import EvaluationConfig
-    from pipeline.gate import GateConfig
+@pytest.mark.parametrize("profile", [None, *sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))])
+def test_params_and_every_profile_pass_the_up_front_check(profile: str | None) -> None:
+    """What `check_params` runs first in `dvc repro`: every section, strictly (no key left to a code default),
+    and the names that tie sections together, for params.yaml and each profile laid over it."""
+    from pipeline.config import load_params
     from pipeline.profile import profile_params
-    from pipeline.variants import VariantConfig
+    from pipeline.schema import SECTIONS, check_params
 
-    params = profile_params(ROOT / "params.yaml", profile)
-    base = section(params, SiameseConfig, "siamese")
-    for name in params["variants"]:
-        variant = section(params, VariantConfig, f"variants.{name}")
-        assert variant.training_config(base, f"variants.{name}").max_steps > 0
-    evaluation = section(params, EvaluationConfig, "evaluation")
-    assert {evaluation.baseline, *evaluation.compare_with} <= set(params["variants"])
-    gate = section(params, GateConfig, "gate")
-    assert set(gate.floors) <= set(params["variants"])
+    params = load_params(ROOT / "params.yaml") if profile is None else profile_params(ROOT / "params.yaml", profile)
+    checked = check_params(params)
+    assert set(SECTIONS) - {"generator", "variants"} <= set(checked)
+    assert {f"variants.{v}" for v in params["variants"]} <= set(checked)
+
+
+def test_every_stage_waits_for_the_params_check_and_keeps_what_cannot_be_restored() -> None:
+    """Each stage depends on `check_params`' stamp, so a bad param stops DVC before it deletes any stage's
+    outputs; outputs DVC does not cache are `persist` (DVC never deletes them; the stage replaces them whole)."""
+    stages = stage_defs()
+    assert stages["check_params"]["params"] == [{"params.yaml": None}]
+    for name, definition in stages.items():
+        if name != "check_params":
+            assert "data/params.ok" in definition["deps"], f"dvc.yaml `{name}` does not wait for check_params"
+        for kind in ("outs", "metrics", "plots"):
+            for out in definition.get(kind, []):
+                if isinstance(out, dict):
+                    ((path, flags),) = out.items()
+                    if flags and flags.get("cache") is False:
+                        assert flags.get("persist") is True, f"dvc.yaml `{name}`: {path} is not persist"

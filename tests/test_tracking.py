@@ -312,13 +312,16 @@ def test_run_tags_in_the_git_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1a2b3")
     tags = tracking.run_tags(kind="variant", variant="vae", training_run_id=None)  # type: ignore[arg-type]
     assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]), tags["git_commit"]
-    assert tags == {"git_commit": tags["git_commit"], "dvc_exp": "exp-1a2b3", "kind": "variant", "variant": "vae"}
+    assert tags == {"git_commit": tags["git_commit"], "dvc_exp": "exp-1a2b3", "kind": "variant", "variant": "vae",
+                    "process": tracking.process_id()}
+    host, pid, started = tags["process"].split(":")
+    assert host == socket.gethostname() and int(pid) == os.getpid() and started.isdigit()
 
 
 def test_run_tags_outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # never find a repository above tmp_path
-    assert tracking.run_tags() == {"git_commit": "unknown", "dvc_exp": ""}
+    assert tracking.run_tags() == {"git_commit": "unknown", "dvc_exp": "", "process": tracking.process_id()}
 
 
 def test_git_commit_is_the_dvc_baseline_rev_when_dvc_sets_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
