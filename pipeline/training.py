@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import warnings
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
 
 from pipeline.config import TrainerConfig
+
+
+class _LightningChatter(logging.Filter):
+    """Drop the lines Lightning logs on every fit that tell a user of this pipeline nothing: its hardware
+    summary and precision (params `trainer` say both), a note on `limit_val_batches` that the pipeline sets on
+    purpose, and its advertisement for a cloud logger. Its warnings and errors pass."""
+
+    NOISE = ("GPU available:", "TPU available:", "HPU available:", "Using bfloat16 Automatic Mixed Precision",
+             "Using 16bit Automatic Mixed Precision", "`Trainer(limit_val_batches=", "\N{ELECTRIC LIGHT BULB} Tip:")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_LightningChatter())
+# Lightning 2.6 still builds torch's LeafSpec, which torch 2.13 deprecates: a warning in every fit about
+# Lightning's internals, which nothing in this project can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def with_overrides(cfg: TrainerConfig, model_cfg: object) -> TrainerConfig:

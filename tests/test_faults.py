@@ -130,6 +130,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, omniglot_dir: Path) -> tu
                GIT_COMMITTER_EMAIL="t@localhost")
     done = dvc(ws, env, "repro")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (ws / "repro.log").write_text(done.stdout + done.stderr)
     subprocess.run(["git", "add", "-A"], cwd=ws, check=True, env=env)
     subprocess.run(["git", "commit", "-q", "-m", "tiny run"], cwd=ws, check=True, env=env)
     return ws, env
@@ -379,6 +380,16 @@ def test_debris_of_a_dead_writer_is_no_input_and_goes_at_the_next_stage(
 
 
 # ---------------------------------------------------------------------------- what the outputs are
+
+
+def test_a_repro_prints_no_lightning_chatter(finished: tuple[Path, dict[str, str]]) -> None:
+    """No advertisement, no hardware summary, no deprecation warning about Lightning's internals: what is left
+    is the pipeline's own lines and the progress bars."""
+    log = (finished[0] / "repro.log").read_text()
+    assert "Running stage 'train_classifier@gan'" in log and "Trainer.fit` stopped" in log
+    for noise in ("Tip:", "litlogger", "GPU available", "TPU available", "Automatic Mixed Precision",
+                  "is deprecated", "Warning:"):
+        assert noise not in log, noise
 
 
 def test_the_same_params_give_byte_identical_models_and_metrics(workspace: tuple[Path, dict[str, str]]) -> None:

@@ -399,7 +399,7 @@ def test_training_step_on_a_tiny_batch(image_size: int, channels: int) -> None:
     exemplar = colour_drawings(2, image_size, channels, 0)
     targets = colour_drawings(2, image_size, channels, 1)[:, None]  # [B, 1, C, S, S]
     loss = VAEModule(model, cfg).training_step((exemplar, targets), 0)
-    assert loss.shape == () and torch.isfinite(loss) and float(loss) > 0
+    assert loss.shape == () and torch.isfinite(loss) and float(loss.detach()) > 0
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.posterior.conv_in.weight.grad is not None, "the posterior learns from the target"
