@@ -215,10 +215,10 @@ def test_numbers_yaml_reads_as_strings_are_taken(written: str) -> None:
 def test_an_accelerator_this_machine_lacks_is_named_at_load() -> None:
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(ParamsError, match=r"`trainer\.accelerator` = 'gpu' .*none of that kind is visible"):
-        from_dict(TrainerConfig, {"accelerator": "gpu"}, "trainer")
+    # The kind this machine lacks: a CUDA GPU on a CPU machine (this one, CI), Apple's MPS on any CUDA machine.
+    missing = "mps" if torch.cuda.is_available() else "gpu"
+    with pytest.raises(ParamsError, match=rf"`trainer\.accelerator` = '{missing}' .*none of that kind is visible"):
+        from_dict(TrainerConfig, {"accelerator": missing}, "trainer")
     with pytest.raises(ParamsError, match=r"`trainer\.precision` = 'bf16' .*bf16-mixed"):
         from_dict(TrainerConfig, {"precision": "bf16"}, "trainer")
 
