@@ -2,13 +2,15 @@
 
 DVC runs each stage as a child process and does not pass signals on: a SIGTERM to `dvc repro` (a CI
 timeout, `kill`) ends DVC and leaves the stage running, to write its outputs after DVC has gone. A stage
-therefore asks the kernel for a SIGTERM when its parent dies (Linux's PR_SET_PDEATHSIG), and turns SIGTERM
-and SIGHUP into an exception raised where it is: `finally` blocks remove its temporary outputs
-(pipeline/io.py), Lightning finalizes its loggers as failed and MLflow ends the open runs FAILED, and the
-exit status is 128 + the signal number, as a shell reports a process a signal ended. SIGINT (Ctrl+C)
-already raises KeyboardInterrupt, with the same cleanup. A kill -9 leaves no time for any of this: its
-temporary files are removed by the next write of the same output, and its MLflow run is ended KILLED by
-the next stage that tracks (pipeline/tracking.py).
+therefore asks the kernel for a SIGTERM when its parent dies (Linux's PR_SET_PDEATHSIG). DVC starts a stage
+through `$SHELL -c` (or /bin/sh): bash replaces itself with a lone command, but dash and zsh stay as the stage's
+parent and outlive DVC, so a stage whose parent is a shell also watches the shell's parent and stops the same
+way when it goes. A stage turns SIGTERM and SIGHUP into an exception raised where it is: `finally` blocks
+remove its temporary outputs (pipeline/io.py), Lightning finalizes its loggers as failed and MLflow ends
+the open runs FAILED, and the exit status is 128 + the signal number, as a shell reports a process a signal
+ended. SIGINT (Ctrl+C) already raises KeyboardInterrupt, with the same cleanup. A kill -9 leaves no time
+for any of this: its temporary files are removed by the next write of the same output, and its MLflow run
+is ended KILLED by the next stage that tracks (pipeline/tracking.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -28,6 +31,8 @@ from pipeline import io
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"})
+WATCH_EVERY_S = 0.5
 
 
 class Terminated(SystemExit):
@@ -88,6 +93,39 @@ def remove_dead_temporaries(root: Path) -> list[Path]:
     return removed
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` from /proc (None once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[1])
+
+
+def _watch_shell_parent(shell: int, launcher: int) -> None:
+    """While the shell that runs this stage has `launcher` (DVC) as its parent, do nothing; once the shell is
+    reparented or gone, DVC has died: stop as PR_SET_PDEATHSIG would have had DVC been the parent."""
+    while _parent_of(shell) == launcher:
+        threading.Event().wait(WATCH_EVERY_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_with_parent() -> None:
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        _stop(signal.SIGTERM, None)
+    try:
+        name = Path(f"/proc/{parent}/comm").read_text().strip()
+    except OSError:
+        return
+    launcher = _parent_of(parent)
+    if name in SHELLS and launcher not in (None, 0, 1):
+        threading.Thread(target=_watch_shell_parent, args=(parent, launcher), name="watch-launcher",
+                         daemon=True).start()
+
+
 def guard_stage() -> None:
     """Call first in a stage's `main()`: end with the parent process, stop cleanly on SIGTERM or SIGHUP,
     report the project's own errors in one line, and remove what killed stages left behind."""
@@ -97,10 +135,7 @@ def guard_stage() -> None:
     for s in SIGNALS:
         signal.signal(s, _stop)
     if sys.platform.startswith("linux"):
-        parent = os.getppid()
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            _stop(signal.SIGTERM, None)
+        _end_with_parent()
 
 
 def tidy(params_file: Path = Path("params.yaml")) -> None:
