@@ -1,8 +1,11 @@
-"""Shared fixtures: where the real Omniglot zips are, a small prepared subset of them, and real drawings as files."""
+"""Shared fixtures: where the real Omniglot zips are, a small prepared subset of them, real drawings as files, and
+the tiny profile's finished workspace."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ import torch
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.omniglot import SPLITS, prepare_omniglot
 from pipeline.data.prepare import DataConfig
+from pipeline.profile import make_workspace
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +79,24 @@ def novel_drawings(omniglot_zips: dict[str, Path]) -> dict[str, list[bytes]]:
         for key in by_class:  # the first character of each alphabet
             firsts.setdefault(key.rsplit("_", 1)[0], key)
         return {key: [archive.read(n) for n in by_class[key]] for key in list(firsts.values())[:12]}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, omniglot_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The tiny profile's workspace after a complete `dvc repro`, committed (clean to copy), and the environment
+    its commands run in. Copy it before changing it: tests/test_faults.py and tests/test_pipeline.py share it."""
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    ws = make_workspace(root, tmp_path_factory.mktemp("tiny") / "project", "tiny")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    # DVC runs stages through $SHELL: /bin/sh (dash) stays between DVC and the stage, where bash would exec it;
+    # the harder case, and the one a machine without SHELL set has.
+    env.update(OMNIGLOT_DIR=str(omniglot_dir), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", SHELL="/bin/sh",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@localhost")
+    done = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=ws, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (ws / "repro.log").write_text(done.stdout + done.stderr)
+    subprocess.run(["git", "add", "-A"], cwd=ws, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "tiny run"], cwd=ws, check=True, env=env)
+    return ws, env

@@ -1,6 +1,7 @@
 """The whole pipeline: `dvc repro` of the smoke profile in a fresh git repo, on the real Omniglot zips,
 then the metrics file, DVC's view of it, the runs read back from the MLflow store, and the trained `vae`
-model used from image files as `oneshot-gda` does."""
+model used from image files as `oneshot-gda` does; `dvc exp run` (a temporary experiment, the switch to the
+user's own class-folder data) on the tiny profile's finished workspace (tests/conftest.py), which is faster."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -196,23 +198,6 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
     assert len(by_kind["reference"]) == 1, "the reference embedding logs its own training run"
 
 
-@pytest.mark.slow
-def test_temporary_dvc_experiment_logs_into_the_workspace_store(smoke_run: tuple[Path, dict[str, str]]) -> None:
-    """`dvc exp run --temp` runs in a copy under .dvc/tmp; its runs must still land in <repo root>/mlflow.db."""
-    workspace, env = smoke_run
-    run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "fewer-episodes", "-S", "evaluation.n_episodes=50"],
-        workspace, env)
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("omniglot-oneshot-smoke")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], "tags.dvc_exp = 'fewer-episodes'")
-    kinds = sorted(r.data.tags["kind"] for r in runs)
-    # Only the evaluate stage reran: one pipeline run and a variant run per variant, no retraining.
-    variants = json.loads((workspace / "reports" / "metrics.json").read_text())
-    assert kinds == ["pipeline"] + ["variant"] * len(variants), kinds
-    assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
-
-
 def novel_png(archive: zipfile.ZipFile, members: dict[ClassInfo, list[str]], dataset: FewShotSet, image: int) -> bytes:
     """The original PNG file of one prepared novel-class drawing."""
     alphabet, character = str(dataset.class_names[dataset.labels[image]]).split("/")
@@ -312,13 +297,19 @@ def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run:
 
 KANJI_SETTINGS = ["data.source=folder", "data.subdir=kanji", "data.image_size=32", "data.roles.source=12",
                   "data.roles.calibration=1", "data.roles.train=4", "data.max_classes_per_group=20",
-                  "tracking.experiment=kanji-oneshot-smoke"]
+                  "tracking.experiment=kanji-oneshot-tiny"]
+TINY_VARIANTS = ["baseline", "classic", "gan"]
 
 
 @pytest.fixture(scope="module")
-def kanji_exp(smoke_run: tuple[Path, dict[str, str]], kanji_zip: Path) -> dict:
-    """The quick profile switched to the kanji zip by params alone, as a user does: `dvc exp run -S ...`."""
-    workspace, env = smoke_run
+def kanji_exp(tiny_run: tuple[Path, dict[str, str]], kanji_zip: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict]:
+    """The tiny profile (one generator, three variants: the whole pipeline in minutes) switched to the kanji
+    zip by params alone, as a user does: `dvc exp run -S ...`. The quick kanji profile's accuracy is gated by
+    `make smoke && make gate` (references/kanji-smoke.json); here, that the switch needs nothing else."""
+    finished, env = tiny_run
+    workspace = tmp_path_factory.mktemp("kanji") / "project"
+    shutil.copytree(finished, workspace, symlinks=True)
     dvc_yaml = (workspace / "dvc.yaml").read_bytes()
     settings = [f"data.path={kanji_zip}", *KANJI_SETTINGS]
     run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "kanji", *(a for s in settings for a in ("-S", s))],
@@ -329,29 +320,45 @@ def kanji_exp(smoke_run: tuple[Path, dict[str, str]], kanji_zip: Path) -> dict:
         for exp in baseline.get("experiments") or []:
             for revision in exp.get("revs", []):
                 if revision.get("name") == "kanji":
-                    return revision
+                    return workspace, env, revision
     raise AssertionError(f"experiment `kanji` not in dvc exp show: {json.dumps(shown)[:2000]}")
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_switches_the_pipeline_to_a_class_folder_zip(kanji_exp: dict, smoke_run: tuple[Path, dict],
-                                                                  tmp_path: Path) -> None:
-    workspace, env = smoke_run
-    data = kanji_exp["data"]
+def test_dvc_exp_run_switches_the_pipeline_to_a_class_folder_zip(
+        kanji_exp: tuple[Path, dict[str, str], dict]) -> None:
+    workspace, _, revision = kanji_exp
+    data = revision["data"]
     params = data["params"]["params.yaml"]["data"]["data"]  # dvc exp show: file -> {"data": params}
     assert params["source"] == "folder" and params["image_size"] == 32
     metrics = data["metrics"]["reports/metrics.json"]["data"]
-    assert list(metrics) == VARIANTS
+    assert list(metrics) == TINY_VARIANTS
     for variant, m in metrics.items():
         assert 0.05 < m["acc_20way"] <= 1.0, (variant, m["acc_20way"])  # chance is 1/20
-    assert metrics["classic"]["delta_20way_vs_baseline"] > 0.05, "classic transforms help on printed kanji too"
-    # The same run, gated against the committed quick-profile reference of the kanji data.
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    result = subprocess.run([sys.executable, "-m", "stages.gate", "--profile", "kanji-smoke", "--metrics",
-                             str(tmp_path / "metrics.json")], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert metrics["classic"]["acc_20way"] > 0.3, "even 30 steps on printed kanji are far above chance"
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("kanji-oneshot-smoke")
+    experiment = client.get_experiment_by_name("kanji-oneshot-tiny")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], "tags.dvc_exp = 'kanji' and tags.kind = 'variant'")
     assert {r.data.tags["variant"] for r in runs} == set(metrics)
+
+
+@pytest.mark.slow
+def test_temporary_dvc_experiment_logs_into_the_workspace_store(tiny_run: tuple[Path, dict[str, str]],
+                                                                tmp_path: Path) -> None:
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp; its runs must still land in <repo root>/mlflow.db,
+    and an edit of `evaluation` retrains nothing."""
+    finished, env = tiny_run
+    workspace = tmp_path / "project"
+    shutil.copytree(finished, workspace, symlinks=True)
+    done = run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "fewer-episodes", "-S", "evaluation.n_episodes=10"],
+               workspace, env)
+    ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"check_params", "sweep@gan", "evaluate"}, ran  # the sweep scores `evaluation`'s episodes too
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("omniglot-oneshot-tiny")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.dvc_exp = 'fewer-episodes'")
+    kinds = sorted(r.data.tags["kind"] for r in runs)
+    assert kinds == ["pipeline"] + ["variant"] * len(TINY_VARIANTS), kinds  # one pipeline run, no training runs
+    assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
