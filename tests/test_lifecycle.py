@@ -41,7 +41,9 @@ def exited(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 @pytest.mark.parametrize("shell", ["/bin/sh", "bash"])
 def test_a_stage_stops_and_cleans_up_when_its_launcher_dies(tmp_path: Path, shell: str) -> None:
-    shell = shutil.which(shell) or pytest.skip(f"no {shell}")
+    found = shutil.which(shell)
+    assert found, f"{shell} is not installed: the test needs both shells DVC may run a stage through"
+    shell = found
     (tmp_path / "stage.py").write_text(STAGE)
     command = f"{sys.executable} {tmp_path / 'stage.py'} {tmp_path}"
     launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
