@@ -9,6 +9,12 @@ to --out (CSV): the setting, the training time, and every accuracy with its 95% 
 
     python benchmarks/levers.py --name proto --set loss=proto
     python benchmarks/levers.py --name proto-rot --set loss=proto rotated_classes=true max_steps=3000
+    python benchmarks/levers.py --name classic-cv --variant classic --augment engine=albumentations \
+        --paired-with classic-tensor
+
+Each row's per-episode accuracies are kept (`<out folder>/episodes/<name>.npz`): `--paired-with NAME`
+adds the paired delta to that earlier row, scored on the same episodes (same data and eval seed),
+with its 95% CI (`delta_<protocol>_vs_<NAME>`).
 
 `--peer` then trains the peer for the same wall-clock time, in the same process, and scores it on
 the same episodes (one more row, and paired deltas in ours): a Prototypical network (Snell et al.
@@ -108,10 +114,23 @@ def peer_accuracy(model: torch.nn.Module, images: torch.Tensor, episodes: dict[s
     return out
 
 
+def key_values(items: list[str], flag: str) -> dict[str, object]:
+    """`KEY=VALUE` strings -> {key: YAML value}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} {item}: give KEY=VALUE, e.g. --set max_steps=3000")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True, help="the row's name")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="siamese params to change")
+    ap.add_argument("--augment", nargs="*", default=[], metavar="KEY=VALUE", help="augment params to change")
+    ap.add_argument("--paired-with", metavar="NAME", help="an earlier row: paired deltas to it")
     ap.add_argument("--variant", default="src_classic", help="a variant of params.yaml without synthetic drawings")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "dataset.npz")
@@ -122,13 +141,15 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item}: give KEY=VALUE, e.g. --set max_steps=3000")
-        changes[key] = yaml.safe_load(value)
+    changes, augment_changes = key_values(args.set, "--set"), key_values(args.augment, "--augment")
     params["siamese"] = {**params["siamese"], **changes}
+    params["augment"] = {**params["augment"], **augment_changes}
+    kept = args.out.parent / "episodes"
+    paired = None
+    if args.paired_with is not None:
+        if not (kept / f"{args.paired_with}.npz").is_file():
+            raise SystemExit(f"--paired-with {args.paired_with}: no row of that name in {kept}; run it first")
+        paired = dict(np.load(kept / f"{args.paired_with}.npz"))
     if args.eval_seed is not None:
         params["evaluation"] = {**params["evaluation"], "seed": args.eval_seed}
     cfg = section(params, SiameseConfig, "siamese")
@@ -150,9 +171,18 @@ def main() -> None:
     images = to_tensor(dataset.images)
     episodes = build_episodes(dataset, eval_cfg)
     accuracy = per_episode_accuracy(net, embed_all(net, images), episodes)
-    row = {"name": args.name, "variant": args.variant, "set": " ".join(args.set), "eval_seed": eval_cfg.seed,
-           "train_s": round(seconds, 1), **{k: v for k, v in dataclasses.asdict(cfg).items() if k in changes}}
+    row = {"name": args.name, "variant": args.variant, "set": " ".join(args.set + args.augment),
+           "eval_seed": eval_cfg.seed, "train_s": round(seconds, 1),
+           **{k: v for k, v in dataclasses.asdict(cfg).items() if k in changes}}
     rows = [{**row, **rounded(accuracy_metrics(accuracy))}]
+    if paired is not None:
+        for key in accuracy:
+            delta = f"delta_{key}_vs_{args.paired_with}"
+            d, ci = mean_ci95(accuracy[key] - paired[key])
+            rows[0].update(rounded({delta: d, f"{delta}_ci95": ci}))
+    kept.mkdir(parents=True, exist_ok=True)
+    with atomic_path(kept / f"{args.name}.npz") as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **accuracy)
     if args.peer:
         source = training_pools(dataset, VariantConfig(train_on=("source",)), none)
         start = time.perf_counter()

@@ -7,6 +7,7 @@ import dataclasses
 from itertools import islice
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from pipeline.classifiers.module import LOSSES, SiameseConfig, SiameseModule
 from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
 from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import ParamsError, TrainerConfig, from_dict
-from pipeline.data.augment import ClassicAugmentConfig, classic_transform
+from pipeline.data.augment import BatchAffine, ClassicAugmentConfig, classic_transform, warp_affine
 from pipeline.data.batches import PairBatches, apply_transform
 from pipeline.data.images import to_tensor
 from pipeline.generators import save_generator
@@ -292,8 +293,11 @@ def stroke_pools(n_classes: int = 4, channels: int = 1) -> list[np.ndarray]:
     return pools
 
 
+ALBUMENTATIONS = ClassicAugmentConfig(engine="albumentations")
+
+
 def test_classic_transform_changes_images_and_is_seeded() -> None:
-    cfg = ClassicAugmentConfig()
+    cfg = ALBUMENTATIONS
     image = stroke_pools()[0][0][0]  # albumentations' own layout: [S, S]
     out = classic_transform(cfg, seed=3)(image=image)["image"]
     assert out.shape == image.shape and out.dtype == np.uint8
@@ -306,18 +310,18 @@ def test_classic_transform_changes_images_and_is_seeded() -> None:
 def test_apply_transform_keeps_the_channels_first_layout(channels: int) -> None:
     """[C, S, S] in, [C, S, S] out; RGB channels move together (one transform for the whole image)."""
     image = stroke_pools(channels=channels)[0][0]
-    out = apply_transform(classic_transform(ClassicAugmentConfig(), seed=3), image)
+    out = apply_transform(classic_transform(ALBUMENTATIONS, seed=3), image)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert not np.array_equal(out, image)
     if channels == 3:
         assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[2])
     else:
-        plain = classic_transform(ClassicAugmentConfig(), seed=3)(image=image[0])["image"]
+        plain = classic_transform(ALBUMENTATIONS, seed=3)(image=image[0])["image"]
         np.testing.assert_array_equal(out[0], plain)
 
 
 def test_pair_batches_augment_reproducibly() -> None:
-    pools, cfg = stroke_pools(), ClassicAugmentConfig()
+    pools, cfg = stroke_pools(), ALBUMENTATIONS
     plain = batches(PairBatches(pools, batch_classes=4, seed=0), 3)
     dataset = PairBatches(pools, batch_classes=4, seed=0, transform=classic_transform(cfg, seed=0))
     augmented = batches(dataset, 3)
@@ -332,6 +336,72 @@ def test_pair_batches_augment_reproducibly() -> None:
             assert torch.equal(a1, b1) and torch.equal(a2, b2)
     other = batches(PairBatches(pools, batch_classes=4, seed=1, transform=classic_transform(cfg, seed=0)), 1)
     assert not torch.equal(other[0][0], augmented[0][0])
+
+
+def albumentations_draws(cfg: ClassicAugmentConfig, image: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n draws of albumentations' own Affine for `cfg`: (its matrices [n, 3, 3], its output images [n, S, S])."""
+    compose = A.Compose(classic_transform(ALBUMENTATIONS, seed=0).transforms, seed=0, save_applied_params=True)
+    outs = [compose(image=image) for _ in range(n)]
+    return (np.stack([o["applied_transforms"][0][1]["matrix"] for o in outs]), np.stack([o["image"] for o in outs]))
+
+
+def test_the_tensor_engine_warps_as_albumentations_does() -> None:
+    """Given albumentations' matrices, `warp_affine` gives its images, up to its rounding to uint8."""
+    image = stroke_pools()[0][0][0]
+    matrices, expected = albumentations_draws(ALBUMENTATIONS, image, 16)
+    batch = to_tensor(np.repeat(image[None, None], 16, axis=0))
+    out = warp_affine(batch, torch.from_numpy(matrices))[:, 0].numpy() * 255
+    assert np.abs(out - expected).max() <= 0.5 + 1e-3
+    assert np.abs(out - image).max() > 100  # they moved the strokes
+
+
+def test_the_tensor_engine_draws_albumentations_distribution() -> None:
+    """Rotation, shear, scale and translation drawn for a batch at once follow A.Affine's draws per image:
+    the deciles of every matrix entry agree within sampling noise (4,000 draws each)."""
+    image = stroke_pools()[0][0][0]
+    theirs, _ = albumentations_draws(ALBUMENTATIONS, image, 4000)
+    ours = BatchAffine(ClassicAugmentConfig(), seed=1).matrices(4000, SIZE, SIZE).numpy()
+    deciles = np.linspace(0.1, 0.9, 9)
+    for (i, j), tolerance in {(0, 0): 0.015, (0, 1): 0.02, (1, 0): 0.02, (1, 1): 0.015, (0, 2): 0.35,
+                              (1, 2): 0.35}.items():
+        gap = np.abs(np.quantile(ours[:, i, j], deciles) - np.quantile(theirs[:, i, j], deciles)).max()
+        assert gap < tolerance, f"matrix entry ({i}, {j}): deciles differ by {gap:.3f}"
+    # and a wrong distribution fails the same check: half the rotation range
+    narrow = BatchAffine(ClassicAugmentConfig(rotate=5.0, shear=7.5), seed=1).matrices(4000, SIZE, SIZE).numpy()
+    assert np.abs(np.quantile(narrow[:, 0, 1], deciles) - np.quantile(theirs[:, 0, 1], deciles)).max() > 0.05
+
+
+def test_the_tensor_engine_is_seeded_and_replays_after_reset() -> None:
+    batch = to_tensor(np.stack([p[0] for p in stroke_pools(channels=3)]))
+    transform = BatchAffine(ClassicAugmentConfig(), seed=3)
+    first, second = transform.batch(batch), transform.batch(batch)
+    assert first.shape == batch.shape and not torch.equal(first, second)  # each batch draws afresh
+    assert torch.equal(BatchAffine(ClassicAugmentConfig(), seed=3).batch(batch), first)
+    assert not torch.equal(BatchAffine(ClassicAugmentConfig(), seed=4).batch(batch), first)
+    assert torch.equal(first[:, 0], first[:, 2])  # RGB channels move together
+    transform.reset()
+    assert torch.equal(transform.batch(batch), first)
+
+
+def test_elastic_distortions_need_the_albumentations_engine() -> None:
+    with pytest.raises(ParamsError, match=r"`augment\.engine`.*'albumentations' when augment\.elastic_p > 0"):
+        from_dict(ClassicAugmentConfig, {**dataclasses.asdict(ClassicAugmentConfig()), "elastic_p": 0.5}, "augment")
+    cfg = from_dict(ClassicAugmentConfig, {**dataclasses.asdict(ALBUMENTATIONS), "elastic_p": 0.5}, "augment")
+    assert isinstance(classic_transform(cfg, seed=0), A.Compose)
+
+
+@pytest.mark.parametrize("engine", ["tensor", "albumentations"])
+def test_fit_siamese_with_either_engine_is_reproducible(engine: str) -> None:
+    """The same seed trains the same weights; the transforms changed what it trained on."""
+    pools, cfg = stroke_pools(), SiameseConfig(channels=8, embedding_dim=16, batch_classes=4, max_steps=4)
+    trainer_cfg = TrainerConfig(precision="32-true", channels_last=False)
+    augment = ClassicAugmentConfig(engine=engine)  # type: ignore[arg-type]
+    transform = classic_transform(augment, cfg.seed)
+    runs = [fit_siamese(pools, cfg, trainer_cfg, [], transform=t, enable_progress_bar=False)
+            for t in (transform, transform, classic_transform(augment, cfg.seed), None)]
+    weights = [torch.cat([p.flatten() for p in net.parameters()]) for net in runs]
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
+    assert not torch.equal(weights[0], weights[3])
 
 
 # ---------------------------------------------------------------------------- training: overfit a tiny set

@@ -75,15 +75,28 @@ def pick_negatives(sim: torch.Tensor, mining: str, generator: torch.Generator | 
 class SiameseModule(pl.LightningModule):
     """Trains a `SiameseNet` on batches of P classes x 2 drawings."""
 
-    def __init__(self, net: SiameseNet, cfg: SiameseConfig, val_data: dict[str, Any] | None = None):
+    def __init__(self, net: SiameseNet, cfg: SiameseConfig, val_data: dict[str, Any] | None = None,
+                 batch_transform: Any = None):
         super().__init__()
         self.net = net
         self.cfg = cfg
         self.val_data = val_data  # {"images": [N, C, S, S] tensor, "episodes": Episodes}
+        self.batch_transform = batch_transform  # a `BatchAffine` for training batches, or None
         self.save_hyperparameters({"siamese": dataclasses.asdict(cfg), "net": net.config})
         self.triplet = nn.TripletMarginLoss(margin=cfg.margin)
         self.cosine = nn.CosineEmbeddingLoss(margin=cfg.margin)
         self.bce = nn.BCEWithLogitsLoss()
+
+    def on_train_start(self) -> None:
+        if self.batch_transform is not None:
+            self.batch_transform.reset()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The classic transforms of the tensor engine, on the whole training batch at once, on its device."""
+        if self.batch_transform is None or not self.trainer.training:
+            return batch
+        x1, x2 = batch
+        return self.batch_transform.batch(x1), self.batch_transform.batch(x2)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x1, x2 = batch  # [P, C, S, S] each; row i of both is class i

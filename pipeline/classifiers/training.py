@@ -14,6 +14,7 @@ from pipeline.classifiers.module import SiameseConfig, SiameseModule
 from pipeline.classifiers.network import SiameseNet
 from pipeline.classifiers.verification import Calibration, Pairs, calibrate_threshold, sample_pairs
 from pipeline.config import TrainerConfig
+from pipeline.data.augment import BatchAffine
 from pipeline.data.batches import PairBatches
 from pipeline.data.episodes import sample_episodes
 from pipeline.data.fewshot import DataError, FewShotSet
@@ -43,12 +44,15 @@ def with_rotated_classes(pools: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: TrainerConfig, loggers: list[Any],
-                transform: Any = None, val_data: dict[str, Any] | None = None) -> SiameseNet:
+                transform: Any = None, val_data: dict[str, Any] | None = None, **trainer_kwargs: Any) -> SiameseNet:
     """Train a Siamese network on per-class image pools (uint8 [n_c, C, S, S] each); returns it exported.
 
     The pair batches stream endlessly; `cfg.max_steps` ends training. The network takes the pools'
     channels and size. `cfg.rotated_classes`: the pools' rotated copies train as classes too.
+    transform: `classic_transform`'s, or None. A `BatchAffine` transforms each batch as a whole in
+    the module, an albumentations one each image as `PairBatches` builds the batch.
     val_data: `seen_validation`'s images and episodes for the learning curve, or None.
+    trainer_kwargs: more `pl.Trainer` arguments (callbacks, a profiler: `benchmarks/training.py`).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     channels, size = int(pools[0].shape[1]), int(pools[0].shape[-1])
@@ -56,12 +60,14 @@ def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: Traine
         pools = with_rotated_classes(pools)
     net = prepare_model(SiameseNet(size, cfg.channels, cfg.embedding_dim, cfg.loss, in_channels=channels),
                         trainer_cfg)
-    module = SiameseModule(net, cfg, val_data=val_data)
+    per_batch = transform if isinstance(transform, BatchAffine) else None
+    module = SiameseModule(net, cfg, val_data=val_data, batch_transform=per_batch)
     # Batches are built in this process: on 2 cores a loader worker competes with the model for them
     # (300 steps: 11.9 s in-process, 15.1 s with one worker, 13.3 s with two; same batches either way).
-    loader = torch.utils.data.DataLoader(PairBatches(pools, cfg.batch_classes, cfg.seed, transform),
-                                         batch_size=None, num_workers=0)
-    trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None)
+    batches = PairBatches(pools, cfg.batch_classes, cfg.seed, None if per_batch else transform)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
+    trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None,
+                            **trainer_kwargs)
     # One validation 'batch': validation reads module.val_data.
     trainer.fit(module, loader, [0] if val_data else None)
     net = export_model(net)
