@@ -1,8 +1,14 @@
-"""Prediction throughput end to end: enroll 100 classes from image files, then predict 1,000 query image files,
-through the Python API (model loading, image decoding and preprocessing, embedding, scoring) and, with --cli,
-through the `oneshot-gda predict` command as a subprocess (adds interpreter start-up and imports).
+"""Prediction speed end to end, with each engine (ONNX Runtime on model.onnx, torch on the checkpoint):
+
+- throughput: enroll 100 classes from image files, then predict 1,000 query image files through the
+  Python API (model loading, image decoding and preprocessing, embedding, scoring): queries/s from
+  files, and of `inference.predict` itself on the decoded queries (embedding and scoring);
+- with --cli, the `oneshot-gda predict` command as a process (adds interpreter start-up and imports):
+  the same 1,000 queries, and the latency of one query against a support of 20 images.
+
 Prints seconds per step and queries per second. The drawings are real Omniglot evaluation drawings
-(OMNIGLOT_DIR), written out as PNG files; the model is a trained one if given, else a fresh network.
+(OMNIGLOT_DIR), written out as PNG files; the model is a trained one if given (its folder, with the
+model.onnx `train_classifier` writes), else a fresh network of the default size, exported here.
 
     python benchmarks/predict.py [--model models/classifiers/vae] [--repeats 3] [--cli]
 """
@@ -25,6 +31,7 @@ from pipeline.checkpoints import FILENAME
 from pipeline.classifiers.network import SiameseNet, save_siamese
 from pipeline.data.omniglot import list_zip, locate_zips
 from pipeline.data.prepare import DataConfig
+from pipeline.export import export_checkpoint
 
 
 def write_drawings(folder: Path, n_classes: int, n_queries: int) -> tuple[Path, Path]:
@@ -34,7 +41,7 @@ def write_drawings(folder: Path, n_classes: int, n_queries: int) -> tuple[Path, 
     if len(classes) < n_classes:
         raise ValueError(f"{zip_path} has {len(classes)} classes, fewer than --classes {n_classes}")
     support, queries = folder / "support", folder / "queries"
-    support.mkdir()
+    support.mkdir(parents=True)
     queries.mkdir()
     with zipfile.ZipFile(zip_path) as archive:
         for info, members in classes:
@@ -45,7 +52,7 @@ def write_drawings(folder: Path, n_classes: int, n_queries: int) -> tuple[Path, 
     return support, queries
 
 
-def predict_once(model_path: Path, support: Path, queries: Path) -> dict[str, float]:
+def predict_once(model_path: Path, support: Path, queries: Path, engine: str) -> dict[str, float]:
     """One end-to-end prediction through the API; seconds per step."""
     times: dict[str, float] = {}
     start = last = time.perf_counter()
@@ -56,7 +63,7 @@ def predict_once(model_path: Path, support: Path, queries: Path) -> dict[str, fl
         times[step] = now - last
         last = now
 
-    model = inference.load_model(model_path)
+    model = inference.load_model(model_path, engine)  # type: ignore[arg-type]
     lap("load model")
     support_set = inference.read_support(support, model.spec)
     query_images = inference.read_images(inference.list_queries([queries]), model.spec)
@@ -87,26 +94,38 @@ def main() -> None:
         model_path = args.model
         if model_path is None:
             torch.manual_seed(0)
-            model_path = folder / FILENAME
-            save_siamese(SiameseNet(28), model_path)
+            model_path = folder / "model"
+            save_siamese(SiameseNet(28), model_path / FILENAME)
+            export_checkpoint(model_path)
         support, queries = write_drawings(folder, args.classes, args.queries)
+        small, one = write_drawings(folder / "latency", 20, 1)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
               f"model {args.model or 'fresh SiameseNet(28)'}; {args.classes} classes, {args.queries} queries")
-        for r in range(args.repeats):
-            times = predict_once(model_path, support, queries)
-            steps = ", ".join(f"{k} {v:.3f}s" for k, v in times.items() if k != "total")
-            print(f"api  run {r + 1}: {times['total']:.3f} s, {args.queries / times['total']:.0f} queries/s ({steps})")
+        engines = ["onnx", "torch"]
+        for engine in engines:
+            for r in range(args.repeats):
+                times = predict_once(model_path, support, queries, engine)
+                steps = ", ".join(f"{k} {v:.3f}s" for k, v in times.items() if k != "total")
+                print(f"api {engine:<5} run {r + 1}: {times['total']:.3f} s, {args.queries / times['total']:,.0f} "
+                      f"queries/s from files; predict() {args.queries / times['embed + score queries']:,.0f} "
+                      f"queries/s ({steps})")
         if args.cli:
-            command = [sys.executable, "-m", "pipeline.cli", "predict", "--model", str(model_path), "--support",
-                       str(support), "--query", str(queries), "--output", str(folder / "out.csv")]
             # The subprocess imports the same `pipeline` as this script, wherever that is.
             env = {**os.environ, "PYTHONPATH": str(Path(inference.__file__).resolve().parents[1])}
-            for r in range(args.repeats):
-                start = time.perf_counter()
-                subprocess.run(command, check=True, env=env)
-                seconds = time.perf_counter() - start
-                print(f"cli  run {r + 1}: {seconds:.3f} s, {args.queries / seconds:.0f} queries/s "
-                      "(with interpreter start-up and imports)")
+            for engine in engines:
+                for what, (s_dir, q_dir, n) in {"1,000 queries, 100 classes": (support, queries, args.queries),
+                                                "1 query, 20 support images": (small, one, 1)}.items():
+                    command = [sys.executable, "-m", "pipeline.cli", "predict", "--model", str(model_path),
+                               "--engine", engine, "--support", str(s_dir), "--query", str(q_dir),
+                               "--output", str(folder / "out.csv")]
+                    seconds = []
+                    for _ in range(args.repeats):
+                        start = time.perf_counter()
+                        subprocess.run(command, check=True, env=env)
+                        seconds.append(time.perf_counter() - start)
+                    print(f"cli {engine:<5} {what}: " + ", ".join(f"{t:.3f} s" for t in seconds)
+                          + f" (best {min(seconds):.3f} s, {n / min(seconds):,.0f} queries/s; with interpreter "
+                          "start-up and imports)")
 
 
 if __name__ == "__main__":

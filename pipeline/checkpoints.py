@@ -15,13 +15,14 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
 
 from pipeline.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: `FILENAME` alone needs none
+    import torch
 
 FILENAME = "model.safetensors"
 
@@ -36,6 +37,8 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, kind: str, extra: 
     `safetensors.torch.save_model` stores a tensor that two names share (diffusers' blocks alias
     some convolutions) once, and `load_weights` restores both names.
     """
+    from safetensors.torch import save_model
+
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
         raise TypeError(f"{type(model).__name__} has no `config` dict of its constructor arguments")
@@ -84,6 +87,8 @@ def read_checkpoint(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[s
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load a checkpoint's weights into `model` (built from its config); every name must match. Eval mode."""
+    from safetensors.torch import load_model
+
     try:
         load_model(model, str(_file(path)), strict=True)
     except (SafetensorError, RuntimeError) as exc:

@@ -4,6 +4,11 @@
     oneshot-gda enroll  --model models/classifiers/vae --support support/ --out bank.npz
     oneshot-gda predict --model models/classifiers/vae --bank bank.npz --query queries/ --top-k 3
     oneshot-gda verify  --model runs:/<run id>/model a.png b.png
+    oneshot-gda export  --model models/classifiers/vae     # (re)writes model.onnx beside the checkpoint
+
+A model folder with a `model.onnx` (every `train_classifier` writes one) runs on ONNX Runtime, without
+importing torch: a prediction takes well under a second, where importing torch alone takes 1.5 to 3 s
+on 2 cores. `--engine torch` runs the checkpoint instead; MLflow URIs always run with torch.
 
 Bad input (a missing file, a non-image, an empty support folder, a file that is not a model or a
 bank, an image under 8 x 8 pixels, a blank support image, `--output` or `--out` in a folder that does
@@ -29,12 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import inference
+from pipeline import export, inference
 from pipeline.io import atomic_path
 
 MODEL_HELP = ("a trained classifier: models/classifiers/<variant> (its folder or model.safetensors) of a pipeline "
               "run, or an MLflow model URI "
               "(runs:/<run id>/model, models:/<name>/<version>) in MLFLOW_TRACKING_URI or the project's mlflow.db")
+ENGINE_HELP = ("auto (default): the model.onnx beside the checkpoint if there is one, on ONNX Runtime, else torch; "
+               "torch: the checkpoint; onnx: model.onnx only")
 SUPPORT_HELP = "folder of class subfolders of example images, or folder of image files each named by its class"
 
 
@@ -78,7 +85,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: must be 1 or more (how many of the best classes to list)")
     check_output(args.output, "--output")
-    model = inference.load_model(args.model)
+    model = inference.load_model(args.model, args.engine)
     if args.bank is not None:
         bank = inference.Bank.load(args.bank)
         bank.check_model(model, where=str(args.bank))
@@ -98,7 +105,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
 def run_enroll(args: argparse.Namespace) -> None:
     check_output(args.out, "--out")
-    model = inference.load_model(args.model)
+    model = inference.load_model(args.model, args.engine)
     support = inference.read_support(args.support, model.spec)  # before the lock: others wait only for the merge
     existing, bank = inference.add_to_bank(args.out, model, support)
     before = 0 if existing is None else len(existing.class_names)
@@ -110,7 +117,7 @@ def run_verify(args: argparse.Namespace) -> None:
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise ValueError(f"--threshold {args.threshold}: not a finite number; give a similarity such as 0.5, "
                          "or leave it out to use the threshold calibrated at training")
-    model = inference.load_model(args.model)
+    model = inference.load_model(args.model, args.engine)
     images = inference.read_images([args.a, args.b], model.spec)
     warn_blank([args.a, args.b], images)
     a, b = images
@@ -120,6 +127,11 @@ def run_verify(args: argparse.Namespace) -> None:
                    verdict.target]]), end="")
 
 
+def run_export(args: argparse.Namespace) -> None:
+    out = export.export_checkpoint(args.model)
+    print(f"{out}: the network of {args.model} as ONNX; oneshot-gda runs it without torch")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="oneshot-gda", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("predict", help="classify query images among the support's classes (CSV)")
     p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--engine", choices=inference.ENGINES, default="auto", help=ENGINE_HELP)
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--support", type=Path, help=SUPPORT_HELP)
     given.add_argument("--bank", type=Path, help="a bank written by `enroll` with the same model")
@@ -138,17 +151,23 @@ def parser() -> argparse.ArgumentParser:
 
     e = commands.add_parser("enroll", help="embed a support set once into a bank file; adds to an existing bank")
     e.add_argument("--model", required=True, help=MODEL_HELP)
+    e.add_argument("--engine", choices=inference.ENGINES, default="auto", help=ENGINE_HELP)
     e.add_argument("--support", required=True, type=Path, help=SUPPORT_HELP)
     e.add_argument("--out", required=True, type=Path, help="bank file (.npz) to write, or to add the classes to")
     e.set_defaults(run=run_enroll)
 
     v = commands.add_parser("verify", help="do two images show the same class? (CSV)")
     v.add_argument("--model", required=True, help=MODEL_HELP)
+    v.add_argument("--engine", choices=inference.ENGINES, default="auto", help=ENGINE_HELP)
     v.add_argument("a", type=Path, help="an image file")
     v.add_argument("b", type=Path, help="another image file")
     v.add_argument("--threshold", type=float,
                    help="decide with this similarity threshold instead of the one calibrated at training")
     v.set_defaults(run=run_verify)
+
+    x = commands.add_parser("export", help="write model.onnx beside a checkpoint (what `--engine onnx` runs)")
+    x.add_argument("--model", required=True, type=Path, help="a model folder or its model.safetensors")
+    x.set_defaults(run=run_export)
     return ap
 
 

@@ -20,25 +20,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
-import json
 import math
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from PIL import Image
 
 from pipeline import tracking
-from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
-from pipeline.classifiers.network import SiameseNet, load_siamese
 from pipeline.classifiers.verification import Calibration
-from pipeline.data.images import ImageSpec, load_image_file, to_tensor
+from pipeline.data.images import ImageSpec, load_image_file_sized
+from pipeline.export import OnnxModel, load_onnx, onnx_beside
 from pipeline.io import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.classifiers.network import SiameseNet
 
 BANK_KIND = "oneshot-gda support bank"
 SUPPORT_LAYOUTS = "a folder of class subfolders holding example images, or a folder of image files named by class"
@@ -59,35 +57,89 @@ class TrainedModel:
     verify: Calibration | None  # the threshold calibrated at training; None for models trained before it
     spec: ImageSpec  # how its training images were preprocessed: every input image goes the same way
 
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, C, S, S] -> float32 [N, D], as evaluation embeds (`embed_all`, bf16 autocast)."""
+        from pipeline.classifiers.fewshot import embed_all
+        from pipeline.data.images import to_tensor
+
+        return embed_all(self.net, to_tensor(images)).cpu().numpy()
+
+    def class_scores(self, images: np.ndarray, embeddings: np.ndarray,
+                     labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Queries [Q, C, S, S] uint8 against support embeddings [M, D] of `labels` [M]: (classes [K] sorted,
+        scores [Q, K]), scored by `SiameseClassifier` as evaluation scores."""
+        import torch
+
+        from pipeline.classifiers.fewshot import SiameseClassifier
+        from pipeline.data.images import to_tensor
+
+        classifier = SiameseClassifier(self.net)
+        classifier.process_support_embeddings(torch.from_numpy(embeddings), labels)
+        assert classifier.support_labels is not None  # set by process_support_embeddings
+        return classifier.support_labels, classifier.scores(to_tensor(images)).cpu().numpy()
+
+    def pair_similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Likeness of two images [C, S, S] uint8."""
+        import torch
+
+        embeddings = torch.from_numpy(self.embed(np.stack([a, b])))
+        with torch.no_grad():
+            return float(self.net.pair_similarity(embeddings[:1], embeddings[1:])[0])
+
+
+Model = TrainedModel | OnnxModel
+
 
 def model_identity(net: SiameseNet) -> str:
-    """sha256 of the constructor config and every weight: which network made an embedding."""
-    digest = hashlib.sha256(json.dumps(net.config, sort_keys=True).encode())
-    for name, tensor in net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    """`network.model_identity`: which network made an embedding (a bank records it)."""
+    from pipeline.classifiers import network
+
+    return network.model_identity(net)
+
+ENGINES = ("auto", "torch", "onnx")
 
 
-def load_model(spec: str | Path) -> TrainedModel:
+def load_model(spec: str | Path, engine: Literal["auto", "torch", "onnx"] = "auto") -> Model:
     """A trained Siamese network from a `train_classifier` model (its folder or model.safetensors) or an MLflow URI.
 
-    URIs (`runs:/<run id>/model`, `models:/<name>/<version>`) are read from `tracking.tracking_uri()`.
+    engine: `torch` loads the checkpoint into a `TrainedModel`; `onnx` runs the `model.onnx` exported
+    beside it with ONNX Runtime (`export.OnnxModel`: no torch import, fp32); `auto` (default) takes
+    the ONNX model where there is one, else torch. URIs (`runs:/<run id>/model`,
+    `models:/<name>/<version>`) are read from `tracking.tracking_uri()`, always with torch.
     Anything that is not a Siamese network of this pipeline is a ValueError naming `spec`.
     """
     spec = str(spec)
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}; choose one of {', '.join(ENGINES)}")
     if tracking.is_model_uri(spec):
+        if engine == "onnx":
+            raise ValueError(f"{spec}: the ONNX engine reads a model folder, not an MLflow URI; use engine torch")
         net, metadata = _load_logged_model(spec)
+        from pipeline.classifiers.network import SiameseNet
+
         if not isinstance(net, SiameseNet):
             raise ValueError(f"{spec}: the logged model is a {type(net).__name__}, not a Siamese network of this "
                              "pipeline (log it from `stages/evaluate.py`)")
         verify, image_spec = metadata.get("verify"), metadata.get("image_spec")
     else:
+        path = Path(spec)
+        exported = onnx_beside(path) if path.exists() and engine != "torch" else None
+        if exported is not None:
+            from pipeline.checkpoints import FILENAME
+
+            checkpoint = path if path.is_file() else path / FILENAME
+            return load_onnx(exported, checkpoint if checkpoint.is_file() else None, source=spec)
+        if engine == "onnx":
+            raise FileNotFoundError(f"{spec}: no model.onnx beside the checkpoint; write it with "
+                                    f"`oneshot-gda export --model {spec}`, or use engine torch")
+        from pipeline.classifiers.network import load_siamese
+
         net, extra = load_siamese(spec)
         verify, image_spec = extra.get("verify"), extra.get("image_spec")
+    from pipeline.classifiers.network import image_spec_of, model_identity
+
     net.eval()
-    if image_spec is None:  # an older model: grayscale drawings of its size, inverted
-        image_spec = {"size": net.image_size, "channels": net.config.get("in_channels", 1), "invert": True}
+    image_spec = image_spec_of(net, image_spec)
     return TrainedModel(net=net, source=spec, identity=model_identity(net),
                         verify=Calibration(**verify) if verify else None, spec=ImageSpec(**image_spec))
 
@@ -157,16 +209,14 @@ def read_images(paths: Sequence[str | Path], spec: ImageSpec) -> np.ndarray:
     """Image files -> uint8 [N, C, S, S] through the training preprocessing `spec`.
 
     A file under `MIN_IMAGE_SIDE` pixels a side (or the network's own size, if smaller) is a ValueError
-    naming it: scaled up to S x S it would be a flat patch.
+    naming it: scaled up to S x S it would be a flat patch. Each file is opened once.
     """
     least = min(MIN_IMAGE_SIDE, spec.size)
     out = np.empty((len(paths), spec.channels, spec.size, spec.size), dtype=np.uint8)
     for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        out[i] = load_image_file(path, spec)  # names a file that is no image
-        with Image.open(path) as image:  # only the header: the size before preprocessing
-            width, height = image.size
+        out[i], (width, height) = load_image_file_sized(path, spec)  # names a file that is no image
         if min(width, height) < least:
             raise ValueError(f"{path}: {width} x {height} pixels, too small to hold a drawing; give an image "
                              f"at least {least} x {least} pixels (the model reads {spec.size} x {spec.size})")
@@ -294,7 +344,7 @@ class Bank:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: not a bank written by `enroll`") from exc
 
-    def check_model(self, model: TrainedModel, where: str = "the bank") -> None:
+    def check_model(self, model: Model, where: str = "the bank") -> None:
         """Embeddings of one network mean nothing to another: refuse any other model."""
         if self.model_identity != model.identity:
             raise ValueError(f"{where} was enrolled with another model ({self.model_source}, weights "
@@ -331,7 +381,7 @@ def bank_lock(path: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
-def add_to_bank(path: str | Path, model: TrainedModel, support: Support) -> tuple[Bank | None, Bank]:
+def add_to_bank(path: str | Path, model: Model, support: Support) -> tuple[Bank | None, Bank]:
     """Enroll `support` into the bank file at `path` (a new one if there is none): (the bank before, after).
 
     `bank_lock` is held from reading the bank to renaming the new one into place, so concurrent calls
@@ -349,10 +399,10 @@ def add_to_bank(path: str | Path, model: TrainedModel, support: Support) -> tupl
     return existing, bank
 
 
-def enroll(model: TrainedModel, support: Support, bank: Bank | None = None) -> Bank:
+def enroll(model: Model, support: Support, bank: Bank | None = None) -> Bank:
     """Embed the support once. With `bank`, its classes are kept and the support is added: a new
     name becomes a new class, a name it has gets more examples."""
-    embeddings = embed_all(model.net, to_tensor(support.images)).cpu().numpy()
+    embeddings = model.embed(support.images)
     if bank is None:
         return Bank(class_names=support.class_names, labels=support.labels, embeddings=embeddings,
                     model_identity=model.identity, model_source=model.source)
@@ -373,18 +423,17 @@ class Prediction:
     scores: np.ndarray  # [Q, K] float32: their similarity scores
 
 
-def predict(model: TrainedModel, bank: Bank, images: np.ndarray, top_k: int = 1) -> Prediction:
-    """The `top_k` best enrolled classes for each query image [Q, C, S, S] uint8, scored as in evaluation."""
+def predict(model: Model, bank: Bank, images: np.ndarray, top_k: int = 1) -> Prediction:
+    """The `top_k` best enrolled classes for each query image [Q, C, S, S] uint8, scored as in evaluation:
+    all queries against all classes in one batched pass."""
     bank.check_model(model)
     n_classes = len(bank.class_names)
     if not 1 <= top_k <= n_classes:
         raise ValueError(f"top_k={top_k}; it must be between 1 and the {n_classes} enrolled classes")
-    classifier = SiameseClassifier(model.net)
-    classifier.process_support_embeddings(torch.from_numpy(bank.embeddings), bank.labels)
-    scores, best = classifier.scores(to_tensor(images)).topk(top_k, dim=-1)
-    assert classifier.support_labels is not None  # set by process_support_embeddings
-    names = np.asarray(bank.class_names)[classifier.support_labels]
-    return Prediction(classes=names[best.cpu().numpy()], scores=scores.cpu().numpy())
+    classes, scores = model.class_scores(images, bank.embeddings, bank.labels)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    names = np.asarray(bank.class_names)[classes]
+    return Prediction(classes=names[best], scores=np.take_along_axis(scores, best, axis=1).astype(np.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,7 +444,7 @@ class Verdict:
     target: str  # what the threshold was calibrated for (`eer`, `far@0.01`), or `given`
 
 
-def verify(model: TrainedModel, a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> Verdict:
+def verify(model: Model, a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> Verdict:
     """Same class or not, for two images [C, S, S] uint8; `threshold` overrides the model's calibrated one."""
     if threshold is not None:
         if not math.isfinite(threshold):
@@ -406,7 +455,5 @@ def verify(model: TrainedModel, a: np.ndarray, b: np.ndarray, threshold: float |
     else:
         raise ValueError(f"{model.source} carries no calibrated verification threshold (it was trained before "
                          "`siamese.verify_target` existed); retrain it, or give a threshold")
-    embeddings = embed_all(model.net, to_tensor(np.stack([a, b])))
-    with torch.no_grad():
-        similarity = float(model.net.pair_similarity(embeddings[:1], embeddings[1:])[0])
+    similarity = model.pair_similarity(a, b)
     return Verdict(same=similarity >= threshold, similarity=similarity, threshold=float(threshold), target=target)

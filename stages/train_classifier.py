@@ -18,6 +18,7 @@ from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.synthetic import SyntheticSet
+from pipeline.export import export_checkpoint
 from pipeline.io import atomic_dir, write_json
 from pipeline.lifecycle import guard_stage
 from pipeline.training import configure_torch
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--variant", required=True)
     ap.add_argument("--data", required=True, help="prepared dataset.npz")
     ap.add_argument("--synthetic", required=True, help="synthetic set folder (empty for the real-only variants)")
-    ap.add_argument("--out", required=True, help="output folder: model.safetensors, metrics.csv, run.json")
+    ap.add_argument("--out", required=True, help="output folder: model.safetensors, model.onnx, metrics.csv, run.json")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -74,6 +75,7 @@ def main() -> None:
             "verify": dataclasses.asdict(verify),
             "image_spec": dataclasses.asdict(dataset.spec),
         })
+        export_checkpoint(tmp / FILENAME)  # model.onnx: what `oneshot-gda` runs, without torch
         write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})
 
 

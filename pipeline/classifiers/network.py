@@ -7,6 +7,8 @@ and a linear layer projects the flattened features to the embedding.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,21 @@ class SiameseNet(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Pairwise likeness of two image batches [B, C, S, S] -> [B]."""
         return self.pair_similarity(self.embed(a), self.embed(b))
+
+
+def model_identity(net: SiameseNet) -> str:
+    """sha256 of the constructor config and every weight: which network made an embedding."""
+    digest = hashlib.sha256(json.dumps(net.config, sort_keys=True).encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def image_spec_of(net: SiameseNet, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The image spec a checkpoint saved, or for an older one (saved none): grayscale drawings of its size, inverted."""
+    return saved if saved is not None else {"size": net.image_size, "channels": net.config.get("in_channels", 1),
+                                            "invert": True}
 
 
 def save_siamese(net: SiameseNet, path: str | Path, extra: dict[str, Any] | None = None) -> None:

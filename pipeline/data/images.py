@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ImageError(ValueError):
@@ -52,15 +55,22 @@ def preprocess_image(image: Image.Image, spec: ImageSpec) -> np.ndarray:
 
 def load_image_file(path: str | Path, spec: ImageSpec) -> np.ndarray:
     """Read one image file and preprocess it; a non-image names the file."""
+    return load_image_file_sized(path, spec)[0]
+
+
+def load_image_file_sized(path: str | Path, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_image_file`, and the file's (width, height) before preprocessing, from one opening."""
     try:
         with Image.open(path) as image:
-            return preprocess_image(image, spec)
+            return preprocess_image(image, spec), image.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, C, S, S] (foreground 255) -> float [N, C, S, S] in 0..1, the networks' input."""
+    import torch  # here, not at the top: inference with ONNX Runtime reads images without torch
+
     if images.ndim != 4:
         raise ValueError(f"expected images [N, C, S, S], got shape {images.shape}")
     return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
