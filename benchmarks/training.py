@@ -13,6 +13,7 @@ Three figures, each on the same real drawings and the `siamese` / `trainer` para
   batch fetch, training step, backward, optimizer step, callbacks and logging.
 
     python benchmarks/training.py [--steps 200] [--variant src_classic] [--engine tensor albumentations]
+    python benchmarks/training.py --levers    # the bare network: fp32, torch.compile, larger batches
 """
 
 from __future__ import annotations
@@ -44,19 +45,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bare_network(batch: tuple[torch.Tensor, torch.Tensor], cfg: SiameseConfig, trainer_cfg: TrainerConfig,
-                 steps: int) -> float:
-    """Images/s of forward + loss + backward + AdamW step on one batch, nothing around them."""
+                 steps: int, compile: bool = False, warmup: int = 5) -> float:
+    """Images/s of forward + loss + backward + AdamW step on one batch, nothing around them
+    (`compile`: the network through `torch.compile`, its compilation inside the `warmup` steps)."""
     torch.manual_seed(cfg.seed)
     x1 = batch[0]
     net = prepare_model(SiameseNet(x1.shape[-1], cfg.channels, cfg.embedding_dim, cfg.loss,
                                    in_channels=x1.shape[1]), trainer_cfg)
-    module = SiameseModule(net, cfg)
+    module = SiameseModule(torch.compile(net) if compile else net, cfg)  # type: ignore[arg-type]
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bf16 = trainer_cfg.precision.startswith("bf16")
     with warnings.catch_warnings():  # training_step logs; without a Trainer, Lightning warns and drops it
         warnings.simplefilter("ignore")
-        for i in range(steps + 5):
-            if i == 5:
+        for i in range(steps + warmup):
+            if i == warmup:
                 start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = module.training_step(batch, i)
@@ -64,6 +66,30 @@ def bare_network(batch: tuple[torch.Tensor, torch.Tensor], cfg: SiameseConfig, t
             loss.backward()
             opt.step()
     return 2 * len(x1) * steps / (time.perf_counter() - start)
+
+
+def levers(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: TrainerConfig, steps: int) -> None:
+    """The bare network under each speed lever, in this one run: precision and layout, torch.compile
+    (and what compiling costs), and larger batches (images/s: a batch twice the size is only a lever
+    if the throughput rises)."""
+    batch = next(iter(PairBatches(pools, cfg.batch_classes, cfg.seed)))
+    fp32 = dataclasses.replace(trainer_cfg, precision="32-true", channels_last=False)
+    rows: list[tuple[str, float, str]] = [("as configured", bare_network(batch, cfg, trainer_cfg, steps), "")]
+    rows.append(("fp32, contiguous", bare_network(batch, cfg, fp32, steps), ""))
+    start = time.perf_counter()
+    compiled = bare_network(batch, cfg, trainer_cfg, steps, compile=True)
+    seconds = time.perf_counter() - start
+    rows.append(("torch.compile (inductor)", compiled, f"compiling + {steps} steps: {seconds:.0f} s"))
+    for classes in (2 * cfg.batch_classes, 4 * cfg.batch_classes):
+        bigger = next(iter(PairBatches(pools, classes, cfg.seed)))
+        wide = dataclasses.replace(cfg, batch_classes=classes)
+        rows.append((f"{2 * classes} images a batch",
+                     bare_network(bigger, wide, trainer_cfg, max(10, steps * cfg.batch_classes // classes)), ""))
+    rows.append(("as configured, again", bare_network(batch, cfg, trainer_cfg, steps), ""))
+    base = rows[0][1]
+    print("\n| bare network | images/s | vs as configured | note |\n| --- | ---: | ---: | --- |")
+    for name, ips, note in rows:
+        print(f"| {name} | {ips:,.0f} | {ips / base:.2f}x | {note} |")
 
 
 def batch_building(pools: list[np.ndarray], cfg: SiameseConfig, transform: Any, n: int) -> float:
@@ -116,6 +142,8 @@ def main() -> None:
     ap.add_argument("--engine", nargs="+", default=["tensor", "albumentations"],
                     help="augment.engine values to run the loop with")
     ap.add_argument("--no-profile", action="store_true", help="skip the loop under Lightning's SimpleProfiler")
+    ap.add_argument("--levers", action="store_true",
+                    help="only the bare network under each speed lever (fp32, torch.compile, larger batches)")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -136,6 +164,9 @@ def main() -> None:
           f"channels_last {trainer_cfg.channels_last}; variant {args.variant}: {len(pools)} classes, "
           f"batches of {images} images {tuple(batch[0].shape[1:])}, loss {cfg.loss}")
 
+    if args.levers:
+        levers(pools, cfg, trainer_cfg, steps=max(30, args.steps // 4))
+        return
     bare = bare_network(batch, cfg, trainer_cfg, steps=max(30, args.steps // 4))
     print(f"bare network (forward + loss + backward + AdamW): {bare:,.0f} images/s, "
           f"{1000 * images / bare:.1f} ms a batch")
