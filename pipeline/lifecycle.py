@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -107,7 +108,7 @@ def _watch_shell_parent(shell: int, launcher: int) -> None:
     """While the shell that runs this stage has `launcher` (DVC) as its parent, do nothing; once the shell is
     reparented or gone, DVC has died: stop as PR_SET_PDEATHSIG would have had DVC been the parent."""
     while _parent_of(shell) == launcher:
-        threading.Event().wait(WATCH_EVERY_S)
+        time.sleep(WATCH_EVERY_S)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -49,7 +49,8 @@ def main() -> None:
         if uri is not None:
             loggers.append(MLFlowLogger(experiment_name=tracking_cfg.experiment, tracking_uri=uri,
                                         run_name="reference embedding", tags=tracking.run_tags(kind="reference")))
-        net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=classic_transform(augment, cfg.seed))
+        net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=classic_transform(augment, cfg.seed),
+                          params_key="reference")
         save_siamese(net, tmp / FILENAME, extra={
             "variant": "reference", "siamese_config": dataclasses.asdict(cfg),
             "augment_config": dataclasses.asdict(augment), "classes": "source",

@@ -17,6 +17,7 @@ from pipeline.data.fewshot import FewShotSet
 from pipeline.data.omniglot import SPLITS, prepare_omniglot
 from pipeline.data.prepare import DataConfig
 from pipeline.profile import make_workspace
+from tests.workspaces import copy_workspace, stage_env
 
 
 @pytest.fixture(scope="session")
@@ -84,19 +85,21 @@ def novel_drawings(omniglot_zips: dict[str, Path]) -> dict[str, list[bytes]]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, omniglot_dir: Path) -> tuple[Path, dict[str, str]]:
     """The tiny profile's workspace after a complete `dvc repro`, committed (clean to copy), and the environment
-    its commands run in. Copy it before changing it: tests/test_faults.py and tests/test_pipeline.py share it."""
+    its commands run in. Never changed: tests that change it work on `tiny_copy` (or `copy_workspace`)."""
     root = Path(__file__).resolve().parents[1]
-    bin_dir = Path(sys.executable).parent
     ws = make_workspace(root, tmp_path_factory.mktemp("tiny") / "project", "tiny")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    # DVC runs stages through $SHELL: /bin/sh (dash) stays between DVC and the stage, where bash would exec it;
-    # the harder case, and the one a machine without SHELL set has.
-    env.update(OMNIGLOT_DIR=str(omniglot_dir), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", SHELL="/bin/sh",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@localhost")
-    done = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=ws, env=env, capture_output=True, text=True)
+    env = stage_env(omniglot_dir)
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=ws, env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (ws / "repro.log").write_text(done.stdout + done.stderr)
     subprocess.run(["git", "add", "-A"], cwd=ws, check=True, env=env)
     subprocess.run(["git", "commit", "-q", "-m", "tiny run"], cwd=ws, check=True, env=env)
     return ws, env
+
+
+@pytest.fixture
+def tiny_copy(tiny_run: tuple[Path, dict[str, str]], tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh copy of the tiny profile's finished workspace for one test, and its environment."""
+    ws, env = tiny_run
+    return copy_workspace(ws, tmp_path / "ws"), env

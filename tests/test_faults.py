@@ -11,7 +11,6 @@ and killed `oneshot-gda enroll`, degenerate images, bad flags) are in tests/test
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -123,18 +122,10 @@ def alive(pid: int) -> bool:
         return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.fixture(scope="module")
-def finished(tiny_run: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
-    """The tiny profile's finished, committed workspace (tests/conftest.py): each case works on a copy."""
-    return tiny_run
-
-
 @pytest.fixture
-def workspace(finished: tuple[Path, dict[str, str]], tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    ws, env = finished
-    copy = tmp_path / "ws"
-    shutil.copytree(ws, copy, symlinks=True)
-    return copy, env
+def workspace(tiny_copy: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
+    """Each case works on its own copy of the tiny profile's finished workspace (tests/conftest.py)."""
+    return tiny_copy
 
 
 # ---------------------------------------------------------------------------- bad params: `dvc repro`
@@ -353,10 +344,10 @@ def test_debris_of_a_dead_writer_is_no_input_and_goes_at_the_next_stage(
 # ---------------------------------------------------------------------------- what the outputs are
 
 
-def test_a_repro_prints_no_lightning_chatter(finished: tuple[Path, dict[str, str]]) -> None:
+def test_a_repro_prints_no_lightning_chatter(tiny_run: tuple[Path, dict[str, str]]) -> None:
     """No advertisement, no hardware summary, no deprecation warning about Lightning's internals: what is left
     is the pipeline's own lines and the progress bars."""
-    log = (finished[0] / "repro.log").read_text()
+    log = (tiny_run[0] / "repro.log").read_text()
     assert "Running stage 'train_classifier@gan'" in log and "Trainer.fit` stopped" in log
     for noise in ("Tip:", "litlogger", "GPU available", "TPU available", "Automatic Mixed Precision",
                   "is deprecated", "Warning:"):
@@ -374,9 +365,9 @@ def test_the_same_params_give_byte_identical_models_and_metrics(workspace: tuple
         assert after[name] == before[name], name
 
 
-def test_outputs_get_the_modes_the_umask_gives(finished: tuple[Path, dict[str, str]]) -> None:
+def test_outputs_get_the_modes_the_umask_gives(tiny_run: tuple[Path, dict[str, str]]) -> None:
     """Not mkstemp's owner-only 600: another user, or a serving container, reads what the pipeline wrote."""
-    ws, _ = finished
+    ws, _ = tiny_run
     umask = os.umask(0o22)
     os.umask(umask)
     written = [ws / "reports" / "metrics.json", ws / "reports" / "accuracy.png",

@@ -609,6 +609,10 @@ def test_rotated_classes_train_on_four_times_the_classes() -> None:
     cfg = SiameseConfig(channels=8, embedding_dim=16, batch_classes=12, max_steps=2, rotated_classes=True)
     net = fit_siamese(pools, cfg, TrainerConfig(precision="32-true", channels_last=False), [])
     assert isinstance(net, SiameseNet)
-    with pytest.raises(ValueError, match="batch_classes=12 is larger than the 3 training classes"):
+    with pytest.raises(ValueError, match=r"^siamese\.batch_classes=12 is larger than the 3 training classes"):
         fit_siamese(pools, dataclasses.replace(cfg, rotated_classes=False),
                     TrainerConfig(precision="32-true", channels_last=False), [])
+    # the reference embedding's section is named as such, not as `siamese`
+    with pytest.raises(ValueError, match=r"^reference\.batch_classes=12 is larger than the 3 training classes"):
+        fit_siamese(pools, dataclasses.replace(cfg, rotated_classes=False),
+                    TrainerConfig(precision="32-true", channels_last=False), [], params_key="reference")

@@ -44,7 +44,8 @@ def with_rotated_classes(pools: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: TrainerConfig, loggers: list[Any],
-                transform: Any = None, val_data: dict[str, Any] | None = None, **trainer_kwargs: Any) -> SiameseNet:
+                transform: Any = None, val_data: dict[str, Any] | None = None, params_key: str = "siamese",
+                **trainer_kwargs: Any) -> SiameseNet:
     """Train a Siamese network on per-class image pools (uint8 [n_c, C, S, S] each); returns it exported.
 
     The pair batches stream endlessly; `cfg.max_steps` ends training. The network takes the pools'
@@ -52,6 +53,7 @@ def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: Traine
     transform: `classic_transform`'s, or None. A `BatchAffine` transforms each batch as a whole in
     the module, an albumentations one each image as `PairBatches` builds the batch.
     val_data: `seen_validation`'s images and episodes for the learning curve, or None.
+    params_key: the params section `cfg` came from (`siamese`, `reference`), for the errors to name.
     trainer_kwargs: more `pl.Trainer` arguments (callbacks, a profiler: `benchmarks/training.py`).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -64,7 +66,8 @@ def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: Traine
     module = SiameseModule(net, cfg, val_data=val_data, batch_transform=per_batch)
     # Batches are built in this process: on 2 cores a loader worker competes with the model for them
     # (300 steps: 11.9 s in-process, 15.1 s with one worker, 13.3 s with two; same batches either way).
-    batches = PairBatches(pools, cfg.batch_classes, cfg.seed, None if per_batch else transform)
+    batches = PairBatches(pools, cfg.batch_classes, cfg.seed, None if per_batch else transform,
+                          key=f"{params_key}.batch_classes")
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
     trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None,
                             **trainer_kwargs)

@@ -27,14 +27,15 @@ class PairBatches(torch.utils.data.IterableDataset):
     `pools[c]` holds the images available for class c, uint8 [n_c, C, S, S] (the real exemplar,
     synthetic drawings, or all real images). The two images of a class are distinct when the pool
     has more than one; each then goes through `transform` (an albumentations pipeline) if given.
+    `key`: the param that set `batch_classes`, named in the error when there are too few classes.
     """
 
     def __init__(self, pools: list[np.ndarray], batch_classes: int, seed: int,
-                 transform: Callable[..., dict[str, np.ndarray]] | None = None):
+                 transform: Callable[..., dict[str, np.ndarray]] | None = None, key: str = "siamese.batch_classes"):
         super().__init__()
         if batch_classes > len(pools):
             raise ValueError(
-                f"siamese.batch_classes={batch_classes} is larger than the {len(pools)} training classes; "
+                f"{key}={batch_classes} is larger than the {len(pools)} training classes; "
                 f"lower it to at most {len(pools)}"
             )
         if any(len(p) == 0 for p in pools):
