@@ -49,6 +49,12 @@ class EvaluationConfig:
     def headline(self) -> str:
         return f"{self.ways[0]}way"
 
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols `build_episodes` draws, in its order: N-way per `ways`, within-group, seen."""
+        within = [] if self.within_group_way is None else [f"{self.within_group_way}way_within"]
+        return [f"{n}way" for n in self.ways] + within + ["seen"]
+
 
 def build_episodes(dataset: FewShotSet, cfg: EvaluationConfig) -> dict[str, Episodes]:
     """Every evaluation protocol's episodes, drawn once from labels with the params seed."""
@@ -108,6 +114,16 @@ def summarize(accuracy: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig)
                     m[delta], m[f"{delta}_ci95"] = mean_ci95(per_protocol[key] - accuracy[ref][key])
         metrics[variant] = rounded(m)
     return metrics
+
+
+def headline_view(metrics: dict[str, dict[str, float]], cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
+    """Per variant, what a person compares at a glance (`dvc metrics show`, `dvc exp show`): each protocol's
+    accuracy, and the headline's paired delta to the baseline and to each `compare_with` reference as
+    `delta_vs_<reference>` (short, so that a variant's row fits 160 columns). The CIs, the seen-class deltas and
+    the synthetic-data measures stay in the full metrics file."""
+    keys = {f"acc_{protocol}": f"acc_{protocol}" for protocol in cfg.protocols}
+    keys |= {f"delta_vs_{ref}": f"delta_{cfg.headline}_vs_{ref}" for ref in (cfg.baseline, *cfg.compare_with)}
+    return {variant: {short: m[full] for short, full in keys.items() if full in m} for variant, m in metrics.items()}
 
 
 def class_consistency(embed: torch.Tensor, own: np.ndarray, exemplar_emb: torch.Tensor, n_way: int,

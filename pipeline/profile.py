@@ -68,9 +68,19 @@ def anchor_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
     return out
 
 
+# The results of the project's own run (its lock file and reports): a workspace makes its own, so `dvc metrics
+# diff` there compares with the workspace's own runs, never with the default profile's numbers.
+RESULTS = ("dvc.lock", "reports/")
+
+
+def is_result(rel: Path) -> bool:
+    name = rel.as_posix()
+    return rel.name != ".gitignore" and any(name == r or (r.endswith("/") and name.startswith(r)) for r in RESULTS)
+
+
 def make_workspace(root: Path, dest: Path, profile: str | None) -> Path:
     """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params
-    (None: the params as they are, the default profile).
+    (None: the params as they are, the default profile), without the project's results (RESULTS).
 
     Relative data paths are anchored at `root`, so the copy reads the same data the project does.
     """
@@ -80,6 +90,8 @@ def make_workspace(root: Path, dest: Path, profile: str | None) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for rel in project_files(root):
+        if is_result(rel):
+            continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
     header = f"# params.yaml with profiles/{profile}.yaml laid over\n" if profile else ""

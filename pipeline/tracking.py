@@ -129,6 +129,23 @@ def run_tags(**extra: str | None) -> dict[str, str]:
     return tags
 
 
+def adopt_run(client: Any, run_info: dict[str, Any], uri: str, parent_id: str, group: str) -> bool:
+    """Nest a stage's training run (`run_info`: its run.json) under `parent_id`, a run of the pipeline run
+    `group`, so that the pipeline run shows its whole story in one tree. A run keeps the first parent it got:
+    a model that DVC reuses in a later pipeline run stays under the run that trained it (the later one's
+    variant run names it in `training_run_id`). Runs in another store, or none, are left alone.
+    True when the run was nested now."""
+    run_id = run_info.get("mlflow_run_id")
+    if not run_id or run_info.get("tracking_uri") != uri:
+        return False
+    run = client.get_run(run_id)
+    if "mlflow.parentRunId" in run.data.tags:
+        return False
+    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+    client.set_tag(run_id, "run_group", group)
+    return True
+
+
 def is_model_uri(spec: str) -> bool:
     """An MLflow model URI (`runs:/<run id>/model`, `models:/<name>/<version>`), not a file path."""
     return spec.startswith(("runs:/", "models:/"))

@@ -25,6 +25,7 @@ from pipeline.evaluation import (
     EvaluationConfig,
     build_episodes,
     fixed_support_episodes,
+    headline_view,
     per_episode_accuracy,
     summarize,
     synthetic_measures,
@@ -36,7 +37,18 @@ from pipeline.plots import accuracy_bars, accuracy_table, curve_table, learning_
 from pipeline.variants import VariantConfig
 
 
-def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict,
+def results_table(view: dict[str, dict[str, float]]) -> str:
+    """The headline view as a Markdown table: the pipeline run's description in the MLflow UI."""
+    columns = list(dict.fromkeys(k for row in view.values() for k in row))
+    lines = ["| variant | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for variant, row in view.items():
+        cells = ["" if c not in row else f"{row[c]:+.3f}" if c.startswith("delta") else f"{row[c]:.3f}"
+                 for c in columns]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict,
                   histories: dict[str, pd.DataFrame], args: argparse.Namespace, params: dict,
                   pictures: list[Path], sweeps: dict[str, pd.DataFrame]) -> str:
     import mlflow
@@ -50,6 +62,16 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
         group = parent.info.run_id
         mlflow.set_tag("run_group", group)
         mlflow.log_params({"evaluation." + k: str(v) for k, v in params["evaluation"].items()})
+        # The runs that made what this one scores, nested below it: the generators and the reference embedding
+        # here, each classifier's training under its variant's run.
+        for folder in [Path(args.generators) / g for g in params["generator"]["enabled"]] + [Path(args.reference)]:
+            if (folder / "run.json").is_file():
+                tracking.adopt_run(client, read_json(folder / "run.json"), uri, group, group)
+        # The headline of every variant on the pipeline run itself (`<variant>.acc_20way`, ...), and the table
+        # as its description: the run list shows the whole result without opening a variant.
+        mlflow.log_metrics({f"{variant}.{k}": v for variant, row in view.items() for k, v in row.items()})
+        mlflow.set_tag("mlflow.note.content", f"One pipeline run: each variant's run is nested below.\n\n"
+                                              f"{results_table(view)}")
         for picture in pictures:
             mlflow.log_artifact(str(picture))
         for generator in sweeps:
@@ -63,6 +85,7 @@ def log_to_mlflow(metrics: dict, variants: dict[str, VariantConfig], ckpts: dict
                                       training_run_id=run_info.get("mlflow_run_id") or "")
             label = f"{variant} (ceiling)" if vcfg.ceiling else variant
             with mlflow.start_run(run_name=label, nested=True, tags=vtags) as child:
+                tracking.adopt_run(client, run_info, uri, child.info.run_id, group)
                 # siamese.*: the params it trained with, its own `siamese` changes included
                 flat = {f"variant.{k}": v for k, v in ckpt["variant_config"].items() if k != "siamese"}
                 flat.update({f"siamese.{k}": v for k, v in ckpt["siamese_config"].items()})
@@ -105,8 +128,11 @@ def main() -> None:
     ap.add_argument("--classifiers", required=True, help="folder of <variant>/model.safetensors")
     ap.add_argument("--synthetic", required=True, help="folder of <generator>/ synthetic sets")
     ap.add_argument("--reference", required=True, help="the reference embedding's folder (source classes only)")
+    ap.add_argument("--generators", required=True, help="folder of <generator>/ (their run.json: the MLflow run tree)")
     ap.add_argument("--sweep", required=True, help="folder of <generator>.csv accuracy-vs-count sweeps")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
+    ap.add_argument("--headline", required=True,
+                    help="folder for one <variant>.json each: the headline view (`dvc metrics show`, a row a variant)")
     ap.add_argument("--reports", required=True, help="folder for pictures")
     ap.add_argument("--plots", required=True, help="folder for the data of `dvc plots` (curves.csv, accuracy.csv)")
     args = ap.parse_args()
@@ -160,19 +186,25 @@ def main() -> None:
         figures.append(("sweep.png", sweep_curve(sweeps, f"acc_{cfg.headline}")))
     # Everything is written aside first and logged from there; only then does it replace the outputs, so a
     # failure while logging leaves the last metrics and pictures as they were, beside a FAILED run.
+    headline_files = {Path(args.headline) / f"{variant}.json": f"{variant}.json" for variant in metrics}
     with staged({reports / name: name for name, _ in figures} | {
             Path(args.plots) / "curves.csv": "curves.csv", Path(args.plots) / "accuracy.csv": "accuracy.csv",
-            Path(args.metrics): Path(args.metrics).name}) as aside:
+            Path(args.metrics): Path(args.metrics).name} | headline_files) as aside:
         for name, fig in figures:
             fig.savefig(aside[reports / name], dpi=100, format="png")
         curve_table(histories).to_csv(aside[Path(args.plots) / "curves.csv"], index=False, float_format="%.6g")
         accuracy_table(metrics, [f"acc_{k}" for k in episodes]).to_csv(
             aside[Path(args.plots) / "accuracy.csv"], index=False, float_format="%.6g")
         write_json(aside[Path(args.metrics)], metrics)
+        view = headline_view(metrics, cfg)
+        for path in headline_files:
+            write_json(aside[path], view[path.stem])
         if uri is not None:
             pictures = [aside[reports / name] for name, _ in figures]
-            group = log_to_mlflow(metrics, variants, ckpts, nets, histories, args, params, pictures, sweeps)
+            group = log_to_mlflow(uri, metrics, view, variants, ckpts, nets, histories, args, params, pictures, sweeps)
             print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
+    for stale in set(Path(args.headline).glob("*.json")) - set(headline_files):  # a variant no longer in params
+        stale.unlink()
     headline = f"acc_{cfg.headline}"
     for variant, m in metrics.items():
         print(f"{variant:>10}: {headline} {m[headline]:.3f} +/- {m[headline + '_ci95']:.3f}")

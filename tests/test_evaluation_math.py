@@ -13,6 +13,7 @@ from pipeline.data.images import to_tensor
 from pipeline.evaluation import (
     EvaluationConfig,
     class_consistency,
+    headline_view,
     mean_pairwise_distance,
     summarize,
     synthetic_measures,
@@ -177,3 +178,26 @@ def test_synthetic_measures_on_copies_and_on_other_classes(tiny_omniglot: tuple[
     shifted = np.repeat(dataset.images[np.roll(ex_idx, 1)], 3, axis=0)  # each labelled as the next class
     other = synthetic_measures(ref, dataset, embeddings, ex_idx, shifted, labels, cfg)
     assert other["synthetic_class_consistency"] < 0.2
+
+
+def test_headline_view_keeps_each_protocol_and_the_headline_deltas_only() -> None:
+    """A row a variant for `dvc metrics show`: accuracies per protocol (in build_episodes' order) and the
+    headline's delta to the baseline and each compare_with reference; no CIs, no seen deltas, no measures."""
+    accuracy = {"baseline": {"20way": np.array([0.2, 0.4]), "5way": np.array([0.5, 0.5]),
+                             "20way_within": np.array([0.1, 0.3]), "seen": np.array([0.3, 0.3])},
+                "classic": {"20way": np.array([0.5, 0.7]), "5way": np.array([0.8, 0.8]),
+                            "20way_within": np.array([0.4, 0.4]), "seen": np.array([0.6, 0.6])},
+                "gan": {"20way": np.array([0.6, 0.9]), "5way": np.array([0.9, 0.9]),
+                        "20way_within": np.array([0.5, 0.6]), "seen": np.array([0.7, 0.8])}}
+    cfg = EvaluationConfig(ways=(20, 5), within_group_way=20, compare_with=("classic",))
+    assert cfg.protocols == ["20way", "5way", "20way_within", "seen"]
+    metrics = summarize(accuracy, cfg)
+    metrics["gan"]["synthetic_class_consistency"] = 0.9
+    view = headline_view(metrics, cfg)
+    assert list(view["gan"]) == ["acc_20way", "acc_5way", "acc_20way_within", "acc_seen", "delta_vs_baseline",
+                                 "delta_vs_classic"]
+    assert view["gan"]["delta_vs_classic"] == metrics["gan"]["delta_20way_vs_classic"] == pytest.approx(0.15)
+    assert view["gan"]["acc_20way_within"] == metrics["gan"]["acc_20way_within"]
+    assert list(view["classic"]) == ["acc_20way", "acc_5way", "acc_20way_within", "acc_seen", "delta_vs_baseline"]
+    assert list(view["baseline"]) == ["acc_20way", "acc_5way", "acc_20way_within", "acc_seen"]
+    assert EvaluationConfig(ways=(10,), within_group_way=None).protocols == ["10way", "seen"]

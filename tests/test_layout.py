@@ -119,3 +119,17 @@ def test_every_stage_waits_for_the_params_check_and_keeps_what_cannot_be_restore
                     ((path, flags),) = out.items()
                     if flags and flags.get("cache") is False:
                         assert flags.get("persist") is True, f"dvc.yaml `{name}`: {path} is not persist"
+
+
+def test_a_workspace_leaves_the_projects_results_behind(tmp_path: Path) -> None:
+    """A profile's workspace makes its own results: the project's lock file and reports (the default profile's
+    numbers) are not copied, so `dvc metrics diff` there never compares with them; the code and params are."""
+    from pipeline.profile import make_workspace
+
+    ws = make_workspace(ROOT, tmp_path / "ws", "tiny")
+    assert (ROOT / "reports" / "metrics.json").is_file() and (ROOT / "dvc.lock").is_file()
+    assert not (ws / "dvc.lock").exists() and not (ws / "reports" / "metrics.json").exists()
+    assert not list((ws / "reports").glob("headline/*.json"))
+    assert (ws / "reports" / ".gitignore").is_file()  # not a result: it keeps DVC's cached outputs out of git
+    assert (ws / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()
+    assert (ws / "pipeline" / "evaluation.py").is_file() and "profiles/tiny.yaml" in (ws / "params.yaml").read_text()

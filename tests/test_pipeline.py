@@ -8,9 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,6 +30,7 @@ from pipeline.data.omniglot import ClassInfo, list_zip
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.export import OnnxModel
 from pipeline.profile import make_workspace
+from tests.workspaces import copy_workspace, stage_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,8 +47,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, omniglot_dir: Path) -> tuple[Path, dict[str, str]]:
     workspace = make_workspace(ROOT, tmp_path_factory.mktemp("smoke") / "project", "smoke")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env.update(OMNIGLOT_DIR=str(omniglot_dir), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env = stage_env(omniglot_dir)
     run([str(BIN / "dvc"), "repro"], workspace, env)
     return workspace, env
 
@@ -126,8 +124,21 @@ def test_the_quick_profile_passes_its_gate(smoke_run: tuple[Path, dict[str, str]
 @pytest.mark.slow
 def test_dvc_sees_metrics_and_reruns_only_what_changed(smoke_run: tuple[Path, dict[str, str]]) -> None:
     workspace, env = smoke_run
-    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], workspace, env).stdout)
-    assert any("reports/metrics.json" in str(v) for v in json.dumps(shown).split(","))
+    # `dvc metrics show`: a row a variant, the headline only, each line readable in 160 columns
+    table = run([str(BIN / "dvc"), "metrics", "show"], workspace, env).stdout.splitlines()
+    assert [line.split()[0] for line in table[1:]] == [f"reports/headline/{v}.json" for v in sorted(VARIANTS)]
+    assert table[0].split()[1:] == ["acc_20way", "acc_20way_within", "acc_5way", "acc_seen", "delta_vs_baseline",
+                                    "delta_vs_classic", "delta_vs_src_classic"], table[0]
+    assert max(len(line) for line in table) <= 160, "\n".join(table)
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    gan = json.loads((workspace / "reports" / "headline" / "gan.json").read_text())
+    assert gan["acc_20way"] == metrics["gan"]["acc_20way"]
+    assert gan["delta_vs_classic"] == metrics["gan"]["delta_20way_vs_classic"]
+    # The workspace holds no other run's results: `dvc metrics diff` compares with nothing committed (the
+    # project's own default-profile numbers stay behind), so every metric is new, none "unchanged".
+    diff = json.loads(run([str(BIN / "dvc"), "metrics", "diff", "--json"], workspace, env).stdout)
+    assert set(diff) == {f"reports/headline/{v}.json" for v in VARIANTS}
+    assert all(change["old"] is None for per_file in diff.values() for change in per_file.values())
     status = run([str(BIN / "dvc"), "status", "--json"], workspace, env)
     assert json.loads(status.stdout) == {}, status.stdout
 
@@ -190,6 +201,13 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
         sweep = client.get_metric_history(run_id, "sweep/acc_20way")
         assert sorted(m.step for m in sweep) == [0, 4, 8]
     assert "sweep.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # The pipeline run holds the headline itself, and the table as its description (the UI's run page)
+    for variant in VARIANTS:
+        headline = json.loads((workspace / "reports" / "headline" / f"{variant}.json").read_text())
+        assert {k.split(".", 1)[1]: v for k, v in parent.data.metrics.items() if k.startswith(f"{variant}.")} \
+            == pytest.approx(headline)
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| variant | acc_20way |" in note and f"| gan | {metrics['gan']['acc_20way']:.3f} |" in note
     assert {r.data.tags["variant"] for r in by_kind["training"]} == set(children)
     generators = {r.data.tags["generator"]: r for r in by_kind["generator"]}
     assert set(generators) == {"vae", "gan"}
@@ -197,6 +215,14 @@ def test_mlflow_holds_one_pipeline_run_with_a_child_per_variant(smoke_run: tuple
     assert len(client.get_metric_history(generators["gan"].info.run_id, "train/loss_critic")) > 3
     assert generators["gan"].data.metrics["perf/pairs_per_s"] > 0
     assert len(by_kind["reference"]) == 1, "the reference embedding logs its own training run"
+    # One tree per pipeline run: each classifier's training under its variant's run, the generators and the
+    # reference embedding under the pipeline run itself
+    for r in by_kind["training"]:
+        assert r.data.tags["mlflow.parentRunId"] == children[r.data.tags["variant"]].info.run_id
+        assert r.data.tags["run_group"] == parent.info.run_id
+        assert children[r.data.tags["variant"]].data.tags["training_run_id"] == r.info.run_id
+    for r in [*by_kind["generator"], *by_kind["reference"]]:
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id, r.info.run_name
 
 
 def novel_png(archive: zipfile.ZipFile, members: dict[ClassInfo, list[str]], dataset: FewShotSet, image: int) -> bytes:
@@ -320,8 +346,7 @@ def kanji_exp(tiny_run: tuple[Path, dict[str, str]], kanji_zip: Path,
     zip by params alone, as a user does: `dvc exp run -S ...`. The quick kanji profile's accuracy is gated by
     `make smoke && make gate` (references/kanji-smoke.json); here, that the switch needs nothing else."""
     finished, env = tiny_run
-    workspace = tmp_path_factory.mktemp("kanji") / "project"
-    shutil.copytree(finished, workspace, symlinks=True)
+    workspace = copy_workspace(finished, tmp_path_factory.mktemp("kanji") / "project")
     dvc_yaml = (workspace / "dvc.yaml").read_bytes()
     settings = [f"data.path={kanji_zip}", *KANJI_SETTINGS]
     run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "kanji", *(a for s in settings for a in ("-S", s))],
@@ -343,8 +368,8 @@ def test_dvc_exp_run_switches_the_pipeline_to_a_class_folder_zip(
     data = revision["data"]
     params = data["params"]["params.yaml"]["data"]["data"]  # dvc exp show: file -> {"data": params}
     assert params["source"] == "folder" and params["image_size"] == 32
-    metrics = data["metrics"]["reports/metrics.json"]["data"]
-    assert list(metrics) == TINY_VARIANTS
+    metrics = {Path(path).stem: file["data"] for path, file in data["metrics"].items()}  # reports/headline/<v>.json
+    assert sorted(metrics) == sorted(TINY_VARIANTS)
     for variant, m in metrics.items():
         assert 0.05 < m["acc_20way"] <= 1.0, (variant, m["acc_20way"])  # chance is 1/20
     assert metrics["classic"]["acc_20way"] > 0.3, "even 30 steps on printed kanji are far above chance"
@@ -361,8 +386,7 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(tiny_run: tuple[
     """`dvc exp run --temp` runs in a copy under .dvc/tmp; its runs must still land in <repo root>/mlflow.db,
     and an edit of `evaluation` retrains nothing."""
     finished, env = tiny_run
-    workspace = tmp_path / "project"
-    shutil.copytree(finished, workspace, symlinks=True)
+    workspace = copy_workspace(finished, tmp_path / "project")
     done = run([str(BIN / "dvc"), "exp", "run", "--temp", "-n", "fewer-episodes", "-S", "evaluation.n_episodes=10"],
                workspace, env)
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
@@ -373,4 +397,11 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(tiny_run: tuple[
     runs = client.search_runs([experiment.experiment_id], "tags.dvc_exp = 'fewer-episodes'")
     kinds = sorted(r.data.tags["kind"] for r in runs)
     assert kinds == ["pipeline"] + ["variant"] * len(TINY_VARIANTS), kinds  # one pipeline run, no training runs
+    # The reused classifiers' training runs stay in the tree of the pipeline run that trained them
+    first = {r.info.run_id for r in client.search_runs([experiment.experiment_id], "tags.kind = 'pipeline'")
+             if r.data.tags["dvc_exp"] != "fewer-episodes"}
+    assert len(first) == 1
+    for variant_run in (r for r in runs if r.data.tags["kind"] == "variant"):
+        training = client.get_run(variant_run.data.tags["training_run_id"])
+        assert training.data.tags["run_group"] in first
     assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
