@@ -70,17 +70,17 @@ def anchor_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
 
 # The results of the project's own run (its lock file and reports): a workspace makes its own, so `dvc metrics
 # diff` there compares with the workspace's own runs, never with the default profile's numbers.
-RESULTS = ("dvc.lock", "reports/")
+RESULT_FILE, RESULT_FOLDER = "dvc.lock", "reports"
 
 
 def is_result(rel: Path) -> bool:
-    name = rel.as_posix()
-    return rel.name != ".gitignore" and any(name == r or (r.endswith("/") and name.startswith(r)) for r in RESULTS)
+    """The project's lock file, or a file under reports/ other than a .gitignore."""
+    return rel.as_posix() == RESULT_FILE or (rel.parts[0] == RESULT_FOLDER and rel.name != ".gitignore")
 
 
 def make_workspace(root: Path, dest: Path, profile: str | None) -> Path:
     """Copy the project at `root` to `dest` with `profiles/<profile>.yaml` laid over its params
-    (None: the params as they are, the default profile), without the project's results (RESULTS).
+    (None: the params as they are, the default profile), without the project's results (`is_result`).
 
     Relative data paths are anchored at `root`, so the copy reads the same data the project does.
     """

@@ -133,17 +133,31 @@ def adopt_run(client: Any, run_info: dict[str, Any], uri: str, parent_id: str, g
     """Nest a stage's training run (`run_info`: its run.json) under `parent_id`, a run of the pipeline run
     `group`, so that the pipeline run shows its whole story in one tree. A run keeps the first parent it got:
     a model that DVC reuses in a later pipeline run stays under the run that trained it (the later one's
-    variant run names it in `training_run_id`). Runs in another store, or none, are left alone.
+    variant run names it in `training_run_id`), unless that parent ended FAILED or KILLED or was deleted (a
+    pipeline run whose logging failed): the next pipeline run takes it over. Runs in another store, or none,
+    are left alone.
     True when the run was nested now."""
     run_id = run_info.get("mlflow_run_id")
     if not run_id or run_info.get("tracking_uri") != uri:
         return False
     run = client.get_run(run_id)
-    if "mlflow.parentRunId" in run.data.tags:
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if parent is not None and _alive(client, parent):
         return False
     client.set_tag(run_id, "mlflow.parentRunId", parent_id)
     client.set_tag(run_id, "run_group", group)
     return True
+
+
+def _alive(client: Any, run_id: str) -> bool:
+    """The run exists, is not deleted, and did not end FAILED or KILLED."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.lifecycle_stage != "deleted" and run.info.status not in ("FAILED", "KILLED")
 
 
 def is_model_uri(spec: str) -> bool:

@@ -181,7 +181,7 @@ def main() -> None:
                  if (Path(args.classifiers) / v / "metrics.csv").is_file()}
     sweeps = {f.stem: pd.read_csv(f) for f in sorted(Path(args.sweep).glob("*.csv"))}
     figures = [("curves.png", learning_curves(histories)),
-               ("accuracy.png", accuracy_bars(metrics, [f"acc_{k}" for k in episodes]))]
+               ("accuracy.png", accuracy_bars(metrics, [f"acc_{k}" for k in cfg.protocols]))]
     if sweeps:
         figures.append(("sweep.png", sweep_curve(sweeps, f"acc_{cfg.headline}")))
     # Everything is written aside first and logged from there; only then does it replace the outputs, so a
@@ -193,7 +193,7 @@ def main() -> None:
         for name, fig in figures:
             fig.savefig(aside[reports / name], dpi=100, format="png")
         curve_table(histories).to_csv(aside[Path(args.plots) / "curves.csv"], index=False, float_format="%.6g")
-        accuracy_table(metrics, [f"acc_{k}" for k in episodes]).to_csv(
+        accuracy_table(metrics, [f"acc_{k}" for k in cfg.protocols]).to_csv(
             aside[Path(args.plots) / "accuracy.csv"], index=False, float_format="%.6g")
         write_json(aside[Path(args.metrics)], metrics)
         view = headline_view(metrics, cfg)

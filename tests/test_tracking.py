@@ -256,6 +256,32 @@ def test_failing_variant_run_fails_itself_and_its_parent(store_root: Path, monke
     assert mlflow.active_run() is None
 
 
+def test_a_training_run_under_a_failed_pipeline_run_is_taken_over_by_the_next(store_root: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate nests each training run under its pipeline run; one whose logging failed gives them up."""
+    monkeypatch.setenv("DVC_ROOT", str(store_root))
+    uri = tracking.setup(TrackingConfig(experiment="adopt-test"))
+    client = MlflowClient(tracking_uri=uri)
+    with mlflow.start_run(run_name="train:vae") as training:
+        pass
+    info = {"mlflow_run_id": training.info.run_id, "tracking_uri": uri}
+
+    def parent_of() -> str:
+        return client.get_run(training.info.run_id).data.tags["mlflow.parentRunId"]
+
+    with pytest.raises(RuntimeError, match="logging broke"), mlflow.start_run(run_name="pipeline 1") as first:
+        assert tracking.adopt_run(client, info, uri, first.info.run_id, first.info.run_id)
+        raise RuntimeError("logging broke")
+    assert client.get_run(first.info.run_id).info.status == "FAILED" and parent_of() == first.info.run_id
+    with mlflow.start_run(run_name="pipeline 2") as second:
+        assert tracking.adopt_run(client, info, uri, second.info.run_id, second.info.run_id)
+    assert parent_of() == second.info.run_id
+    with mlflow.start_run(run_name="pipeline 3") as third:  # a later run reusing the model: it stays where it is
+        assert not tracking.adopt_run(client, info, uri, third.info.run_id, third.info.run_id)
+    assert parent_of() == second.info.run_id
+    assert not tracking.adopt_run(client, {**info, "tracking_uri": "sqlite:///elsewhere.db"}, uri, "x", "x")
+
+
 class _LinearModule(pl.LightningModule):
     """A linear regression whose training_step raises at batch `fail_at` (never when None)."""
 
