@@ -14,7 +14,7 @@ GATED = $(if $(wildcard reports/metrics.json),reports/metrics.json:) \
         $(foreach p,$(QUICK) kanji accuracy,$(if $(wildcard build/$(p)/reports/metrics.json),build/$(p)/reports/metrics.json:$(p)))
 TRACKING = MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath .)/mlflow.db}
 
-.PHONY: setup lock repro smoke kanji accuracy gate reference test lint ui clean
+.PHONY: setup system lock repro smoke kanji accuracy gate reference test lint ui clean
 
 setup: $(VENV)/.installed
 
@@ -70,7 +70,10 @@ reference: setup      ## on purpose: rewrite each profile's references/*.json fr
 	    $(BIN)/python -m stages.gate --metrics $$metrics $${profile:+--profile $$profile} --write-reference || exit 1; \
 	done
 
-test: setup           ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
+system:               ## the Debian packages the tests drive (Chromium for the MLflow UI test): root or sudo, once
+	.ci/system-packages.sh
+
+test: setup system    ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
 	$(BIN)/ruff check pipeline stages tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q

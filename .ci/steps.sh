@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The CI steps, one subcommand each, shared by .ci/run (all of them, locally) and .github/workflows/ci.yml.
+#   system   the Debian packages the tests drive (Chromium): .ci/system-packages.sh
 #   setup    virtualenv + install ($VENV, default .venv)
 #   data     the Omniglot zips: $OMNIGLOT_DIR if set, else downloaded once into data/raw/omniglot (MD5-checked)
 #   test     ruff, mypy, pytest (with `dvc repro` of the quick profile in a temporary repo)
@@ -16,6 +17,7 @@ export OMNIGLOT_DIR="${OMNIGLOT_DIR:-$PWD/data/raw/omniglot}"
 for step in "$@"; do
     echo "== ci: $step" >&2
     case "$step" in
+        system) .ci/system-packages.sh ;;
         setup) make setup ;;
         data)
             if [ ! -f "$OMNIGLOT_DIR/images_background.zip" ] || [ ! -f "$OMNIGLOT_DIR/images_evaluation.zip" ]; then
@@ -37,6 +39,6 @@ PY
                 if [ -f "$report" ]; then sed '/^## Pictures/,$d' "$report"; echo; fi
             done
             echo "Pictures: this run's \`reports-*\` artifact." ;;
-        *) echo "unknown step: $step (setup, data, test, smoke, repro, gate, summary)" >&2; exit 2 ;;
+        *) echo "unknown step: $step (system, setup, data, test, smoke, repro, gate, summary)" >&2; exit 2 ;;
     esac
 done

@@ -3,7 +3,7 @@
     oneshot-gda predict --model models/classifiers/vae --support support/ --query q1.png queries/
     oneshot-gda enroll  --model models/classifiers/vae --support support/ --out bank.npz
     oneshot-gda predict --model models/classifiers/vae --bank bank.npz --query queries/ --top-k 3
-    oneshot-gda verify  --model runs:/<run id>/model a.png b.png
+    oneshot-gda verify  --model models:/omniglot-oneshot@champion a.png b.png
     oneshot-gda export  --model models/classifiers/vae     # (re)writes model.onnx beside the checkpoint
 
 A model folder with a `model.onnx` (every `train_classifier` writes one) runs on ONNX Runtime, without
@@ -39,7 +39,8 @@ from pipeline.io import atomic_path
 
 MODEL_HELP = ("a trained classifier: models/classifiers/<variant> (its folder or model.safetensors) of a pipeline "
               "run, or an MLflow model URI "
-              "(runs:/<run id>/model, models:/<name>/<version>) in MLFLOW_TRACKING_URI or the project's mlflow.db")
+              "(models:/<name>@champion, models:/<name>/<version>, runs:/<run id>/<variant>) in MLFLOW_TRACKING_URI "
+              "or the project's mlflow.db")
 ENGINE_HELP = ("auto (default): the model.onnx beside the checkpoint if there is one, on ONNX Runtime, else torch; "
                "torch: the checkpoint; onnx: model.onnx only")
 SUPPORT_HELP = "folder of class subfolders of example images, or folder of image files each named by its class"

@@ -179,6 +179,8 @@ def check_precision(value: str, key: str) -> None:
 class TrackingConfig:
     experiment: str = "omniglot-oneshot"
     enabled: bool = True
+    register: bool = True  # register the best one-shot variant's model and move `@champion` when it is as good
+    registered_model: str = ""  # its name in the model registry; empty: the experiment's name
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Use a trained Siamese network after training: enroll classes from a few examples, predict, verify.
 
-    model = load_model("models/classifiers/vae")     # or "runs:/<run id>/model", "models:/name/1"
+    model = load_model("models/classifiers/vae")     # or "models:/omniglot-oneshot@champion", "runs:/<run id>/vae"
     bank = enroll(model, read_support("support/", model.spec))
     result = predict(model, bank, read_images(list_queries(["queries/"]), model.spec), top_k=3)
     verdict = verify(model, *read_images(["a.png", "b.png"], model.spec))
@@ -104,8 +104,8 @@ def load_model(spec: str | Path, engine: Literal["auto", "torch", "onnx"] = "aut
 
     engine: `torch` loads the checkpoint into a `TrainedModel`; `onnx` runs the `model.onnx` exported
     beside it with ONNX Runtime (`export.OnnxModel`: no torch import, fp32); `auto` (default) takes
-    the ONNX model where there is one, else torch. URIs (`runs:/<run id>/model`,
-    `models:/<name>/<version>`) are read from `tracking.tracking_uri()`, always with torch.
+    the ONNX model where there is one, else torch. URIs (`models:/<name>@<alias>`,
+    `models:/<name>/<version>`, `runs:/<run id>/<variant>`) are read from `tracking.tracking_uri()`, always with torch.
     Anything that is not a Siamese network of this pipeline is a ValueError naming `spec`.
     """
     spec = str(spec)
@@ -153,7 +153,7 @@ def _load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return tracking.load_logged_model(uri)
+        return tracking.load_logged_model(uri, _read_checkpoint)
     except (tracking.TrackingError, MlflowException, OSError, ValueError) as exc:
         failure = _connection_failure(exc)
         if failure is None:
@@ -169,6 +169,12 @@ def _load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
             where = "the tracking server"
         raise ConnectionError(f"{uri}: cannot reach {where} at {store} ({_innermost(exc)}); "
                               f"start it or set {variable}") from exc
+
+
+def _read_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
+    from pipeline.classifiers.network import load_siamese
+
+    return load_siamese(path)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -208,19 +214,24 @@ def _visible(folder: Path) -> list[Path]:
 def read_images(paths: Sequence[str | Path], spec: ImageSpec) -> np.ndarray:
     """Image files -> uint8 [N, C, S, S] through the training preprocessing `spec`.
 
-    A file under `MIN_IMAGE_SIDE` pixels a side (or the network's own size, if smaller) is a ValueError
-    naming it: scaled up to S x S it would be a flat patch. Each file is opened once.
+    A file too small to hold a drawing is a ValueError naming it (`check_size`). Each file is opened once.
     """
-    least = min(MIN_IMAGE_SIDE, spec.size)
     out = np.empty((len(paths), spec.channels, spec.size, spec.size), dtype=np.uint8)
     for i, path in enumerate(paths):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        out[i], (width, height) = load_image_file_sized(path, spec)  # names a file that is no image
-        if min(width, height) < least:
-            raise ValueError(f"{path}: {width} x {height} pixels, too small to hold a drawing; give an image "
-                             f"at least {least} x {least} pixels (the model reads {spec.size} x {spec.size})")
+        out[i], size = load_image_file_sized(path, spec)  # names a file that is no image
+        check_size(str(path), size, spec)
     return out
+
+
+def check_size(name: str, size: tuple[int, int], spec: ImageSpec) -> None:
+    """An image under `MIN_IMAGE_SIDE` pixels a side (or the network's own size, if smaller) is a ValueError
+    naming it: scaled up to S x S it would be a flat patch."""
+    least, (width, height) = min(MIN_IMAGE_SIDE, spec.size), size
+    if min(width, height) < least:
+        raise ValueError(f"{name}: {width} x {height} pixels, too small to hold a drawing; give an image "
+                         f"at least {least} x {least} pixels (the model reads {spec.size} x {spec.size})")
 
 
 def blank_images(images: np.ndarray) -> np.ndarray:

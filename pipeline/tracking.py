@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from exc
 
 
+def quiet_downloads() -> None:
+    """No progress bar for MLflow's artifact downloads (a bar per copy of a model's few files), unless asked."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def setup(cfg: TrackingConfig) -> str | None:
     """Point MLflow at the tracking store; returns the URI, or None when tracking is off."""
     if not cfg.enabled:
@@ -71,6 +77,7 @@ def setup(cfg: TrackingConfig) -> str | None:
 
     uri = tracking_uri()
     check_reachable(uri)
+    quiet_downloads()
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.experiment)
     end_orphaned_runs(uri, cfg.experiment)
@@ -160,16 +167,58 @@ def _alive(client: Any, run_id: str) -> bool:
     return run.info.lifecycle_stage != "deleted" and run.info.status not in ("FAILED", "KILLED")
 
 
+HEADLINE_VIEW = "headline"  # the share key of the runs table that shows the headline columns
+
+
+def share_view(client: Any, experiment_id: str, metrics: list[str], tags: list[str],
+               key: str = HEADLINE_VIEW) -> str:
+    """Save a view of the experiment's runs table that shows `metrics` and `tags` as columns, as the MLflow UI's
+    own "share view" does (an experiment tag `mlflow.sharedViewState.<key>` holding the view's state), so a
+    user sees the headline without picking columns among a hundred. Returns the view's path in the UI."""
+    import json
+
+    columns = ["attributes.`Run Name`", *(f"metrics.`{m}`" for m in metrics), *(f"tags.`{t}`" for t in tags)]
+    state = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": columns}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
+
+
+def log_dataset(client: Any, run_id: str, data: str | Path, context: str) -> None:
+    """Record the prepared data `data` (dataset.npz, its manifest.json beside it) as the run's MLflow dataset input:
+    named after its source (`omniglot`, `folder:kanji`), the digest the manifest's hash (source checksums,
+    split and image spec: it changes when any does), the source the user's data folder. `context`:
+    `training` or `evaluation`."""
+    import hashlib
+    import json
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import
+    from mlflow.entities import DatasetInput, InputTag
+
+    manifest_path = Path(data).parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    name = manifest.get("source", "dataset") + (f":{manifest['subdir']}" if manifest.get("subdir") else "")
+    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:16]
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(manifest.get("path", data))), name=name,  # type: ignore[abstract]
+                          digest=digest)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                     [InputTag("mlflow.data.context", context)])])
+
+
 def is_model_uri(spec: str) -> bool:
-    """An MLflow model URI (`runs:/<run id>/model`, `models:/<name>/<version>`), not a file path."""
+    """An MLflow model URI (`runs:/<run id>/<variant>`, `models:/<name>/<version>`, `models:/<name>@<alias>`),
+    not a file path."""
     return spec.startswith(("runs:/", "models:/"))
 
 
-def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
-    """The PyTorch model logged at an MLflow `uri`, and the metadata it was logged with.
+def load_logged_model(uri: str, read_checkpoint: Callable[[Path], tuple[Any, dict[str, Any]]]
+                      ) -> tuple[Any, dict[str, Any]]:
+    """The network logged at an MLflow `uri`, and the metadata it was logged with.
 
-    The store is `tracking_uri()`: MLFLOW_TRACKING_URI, else the project's mlflow.db. A URI the
-    store does not know, or one that is not a PyTorch model, is a ValueError naming it.
+    A model the evaluate stage logged (`serving.log_model`: a pyfunc carrying the checkpoint) gives
+    `read_checkpoint(<its model.safetensors>)` (network, extra); a PyTorch model (`mlflow.pytorch`) gives
+    what was pickled. The store is `tracking_uri()`: MLFLOW_TRACKING_URI, else the project's mlflow.db.
+    A URI the store does not know, or a model of neither kind, is a ValueError naming it.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -177,12 +226,22 @@ def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
 
     store = tracking_uri()
     check_reachable(store)
+    quiet_downloads()
     with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=store,
                                                         registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or store)
-            metadata = Model.load(local).metadata or {}
-            model = mlflow.pytorch.load_model(local, map_location="cpu")
+            logged = Model.load(local)
+            metadata = logged.metadata or {}
+            checkpoint = Path(local) / "artifacts" / "model.safetensors"
+            if "pytorch" in logged.flavors:
+                model = mlflow.pytorch.load_model(local, map_location="cpu")
+            elif checkpoint.is_file():
+                model, extra = read_checkpoint(checkpoint)
+                metadata = {**extra, **metadata}
+            else:
+                raise ValueError(f"{uri}: an MLflow model with flavours {', '.join(logged.flavors)}, not a network "
+                                 "of this pipeline (log one with `stages/evaluate.py`)")
         except (MlflowException, OSError) as exc:
-            raise ValueError(f"{uri}: not a PyTorch model in the MLflow store {store} ({exc})") from exc
+            raise ValueError(f"{uri}: not a model of this pipeline in the MLflow store {store} ({exc})") from exc
     return model, metadata

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import TrainerConfig
 
@@ -26,6 +29,8 @@ class _LightningChatter(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_LightningChatter())
+# MLflow's system metrics monitor says at INFO that it starts, stops and finds no GPU: every training, noise.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # Lightning 2.6 still builds torch's LeafSpec, which torch 2.13 deprecates: a warning in every fit about
 # Lightning's internals, which nothing in this project can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
@@ -77,3 +82,56 @@ def build_trainer(cfg: TrainerConfig, max_steps: int, loggers: list[Any], val_ev
         enable_model_summary=False,
         **kwargs,
     )
+
+
+def dotted(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params -> {"siamese.lr": ..., "generator.gan.widths": [16, 64]}: the params.yaml path of each value,
+    dots between, tuples as lists (as params.yaml and the variant runs write them)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """Lightning's MLflow logger with the naming every run of the pipeline shares, and system metrics.
+
+    Params go by their params.yaml path (`siamese.lr`, `generator.gan.widths` = [16, 64]) where Lightning
+    writes `siamese/lr` and `(16, 64)`; no `epoch` metric (each training is one endless epoch, so it is
+    always 0); while the run trains, MLflow's system metrics monitor samples CPU, memory and disk every
+    `system_metrics_interval` seconds (`system/*` in the run's System metrics tab).
+    """
+
+    def __init__(self, *args: Any, system_metrics_interval: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._system_metrics_interval = system_metrics_interval
+        self._monitor: Any = None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        super().log_hyperparams(dotted(params if isinstance(params, Mapping) else vars(params)))
+        if self._monitor is None:  # fit has started: the run exists
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self._system_metrics_interval,
+                                                 tracking_uri=self._tracking_uri)
+            self._monitor.start()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()  # the sampler stops; what it published is sent
+            # One last sample with what was collected since the last publish: a training shorter than one
+            # interval still gets its system metrics.
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        super().finalize(status)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import tracking
+from pipeline import inference, serving, tracking
 from pipeline.classifiers.fewshot import embed_all
 from pipeline.classifiers.network import load_siamese
 from pipeline.config import TrackingConfig, load_params, section
@@ -48,20 +50,28 @@ def results_table(view: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, VariantConfig], ckpts: dict, nets: dict,
+def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, VariantConfig], ckpts: dict,
                   histories: dict[str, pd.DataFrame], args: argparse.Namespace, params: dict,
-                  pictures: list[Path], sweeps: dict[str, pd.DataFrame]) -> str:
+                  pictures: list[Path], sweeps: dict[str, pd.DataFrame], example: pd.DataFrame,
+                  registry: Callable[[Any, dict[str, Any], str], None] | None) -> str:
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
+    logged: dict[str, Any] = {}
     tags = tracking.run_tags(kind="pipeline")
     name = tags["dvc_exp"] or f"pipeline {tags['git_commit'][:8]}"
     with mlflow.start_run(run_name=name, tags=tags) as parent:
         group = parent.info.run_id
         mlflow.set_tag("run_group", group)
         mlflow.log_params({"evaluation." + k: str(v) for k, v in params["evaluation"].items()})
+        tracking.log_dataset(client, group, args.data, "evaluation")
+        evaluation = section(params, EvaluationConfig, "evaluation")
+        shared = tracking.share_view(client, parent.info.experiment_id,
+                                     [f"acc_{p}" for p in evaluation.protocols] + [
+                                         f"delta_{evaluation.headline}_vs_{evaluation.baseline}"], ["variant"])
+        print(f"MLflow UI: {shared} shows the runs with the headline columns (`make ui`)")
         # The runs that made what this one scores, nested below it: the generators and the reference embedding
         # here, each classifier's training under its variant's run.
         for folder in [Path(args.generators) / g for g in params["generator"]["enabled"]] + [Path(args.reference)]:
@@ -91,9 +101,11 @@ def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, Varia
                 flat.update({f"siamese.{k}": v for k, v in ckpt["siamese_config"].items()})
                 flat.update({f"augment.{k}": v for k, v in ckpt["augment_config"].items()})
                 if vcfg.synthetic != "none":
-                    flat.update({f"generator.{k}": v for k, v in params["generator"][vcfg.synthetic].items()})
+                    flat.update({f"generator.{vcfg.synthetic}.{k}": v
+                                 for k, v in params["generator"][vcfg.synthetic].items()})
                     flat["synthesis.n_per_exemplar"] = params["synthesis"]["n_per_exemplar"]
                 mlflow.log_params({k: str(v) for k, v in flat.items()})
+                tracking.log_dataset(client, child.info.run_id, args.data, "evaluation")
                 mlflow.log_metrics(metrics[variant])
                 if variant in histories:
                     frame = histories[variant]
@@ -112,12 +124,53 @@ def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, Varia
                 grid = Path(args.reports) / f"samples_{vcfg.synthetic}.png"
                 if vcfg.synthetic != "none" and grid.is_file():
                     mlflow.log_artifact(str(grid))
-                # Pickled, not pt2: loading it gives back the SiameseNet with embed() and similarity().
-                # The metadata carries the verification threshold to `oneshot-gda verify --model runs:/...`.
-                mlflow.pytorch.log_model(nets[variant], name="model", serialization_format="pickle",
-                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                         metadata={"verify": ckpt.get("verify"), "image_spec": ckpt.get("image_spec")})
+                # A pyfunc named after the variant that stands alone (serving.py); its metadata carries the
+                # verification threshold to `oneshot-gda verify --model runs:/<run id>/<variant>`.
+                logged[variant] = serving.log_model(
+                    Path(args.classifiers) / variant, variant, example,
+                    {"variant": variant, "verify": ckpt.get("verify"), "image_spec": ckpt.get("image_spec")})
+        if registry is not None:
+            registry(client, logged, group)
     return group
+
+
+def champion_registry(tracking_cfg: TrackingConfig, cfg: EvaluationConfig, variants: dict[str, VariantConfig],
+                      accuracy: dict[str, dict[str, np.ndarray]], dataset: FewShotSet, images: torch.Tensor,
+                      episodes: dict) -> Callable[[Any, dict[str, Any], str], None]:
+    """Register the best one-shot variant's model (ceilings are no one-shot models) and move `@champion` to it
+    when it scores at least as well as the present champion on this run's headline episodes."""
+    name = tracking_cfg.registered_model or tracking_cfg.experiment
+    key = f"acc_{cfg.headline}"
+    scores = {v: float(accuracy[v][cfg.headline].mean()) for v in variants if not variants[v].ceiling}
+
+    def score_champion(uri: str) -> float | None:
+        champion = inference.load_model(uri, engine="torch")
+        if not isinstance(champion, inference.TrainedModel) or champion.spec != dataset.spec:
+            return None
+        found = per_episode_accuracy(champion.net, embed_all(champion.net, images),
+                                     {cfg.headline: episodes[cfg.headline]})
+        return float(found[cfg.headline].mean())
+
+    def register(client: Any, logged: dict[str, Any], group: str) -> None:
+        import mlflow
+
+        best = max(scores, key=scores.__getitem__)
+        version = mlflow.register_model(logged[best].model_uri, name, tags={
+            "variant": best, key: f"{scores[best]:.5f}", "run_group": group})
+        decision = serving.promote(client, name, version.version, scores[best], key, score_champion)
+        print(f"MLflow: registered {best} as {name} v{version.version}; {decision}")
+
+    return register
+
+
+def input_example(dataset: FewShotSet) -> pd.DataFrame:
+    """Two novel classes' exemplars as the support and another drawing of the first as the query: what a logged
+    model's `predict` takes (serving.py)."""
+    first, second = dataset.classes("novel")[:2]
+    a, b = (np.flatnonzero(dataset.labels == c) for c in (first, second))
+    images = [dataset.images[a[0]], dataset.images[b[0]], dataset.images[a[1]]]
+    return pd.DataFrame({"image": [serving.encode_array(image, dataset.inverted) for image in images],
+                         "label": [str(dataset.class_names[first]), str(dataset.class_names[second]), ""]})
 
 
 def main() -> None:
@@ -201,7 +254,10 @@ def main() -> None:
             write_json(aside[path], view[path.stem])
         if uri is not None:
             pictures = [aside[reports / name] for name, _ in figures]
-            group = log_to_mlflow(uri, metrics, view, variants, ckpts, nets, histories, args, params, pictures, sweeps)
+            registry = (champion_registry(tracking_cfg, cfg, variants, accuracy, dataset, images, episodes)
+                        if tracking_cfg.register else None)
+            group = log_to_mlflow(uri, metrics, view, variants, ckpts, histories, args, params, pictures, sweeps,
+                                  input_example(dataset), registry)
             print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
     for stale in set(Path(args.headline).glob("*.json")) - set(headline_files):  # a variant no longer in params
         stale.unlink()

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from collections import Counter
 
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tracking
 from pipeline.checkpoints import FILENAME
@@ -21,7 +21,7 @@ from pipeline.data.synthetic import SyntheticSet
 from pipeline.export import export_checkpoint
 from pipeline.io import atomic_dir, write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.training import configure_torch
+from pipeline.training import MLFlowLogger, configure_torch
 from pipeline.variants import VariantConfig, training_set
 
 
@@ -67,6 +67,7 @@ def main() -> None:
         if uri is not None:
             loggers[1].log_metrics({"verify/threshold": verify.threshold, "verify/far": verify.far,
                                     "verify/frr": verify.frr}, step=cfg.max_steps)
+            tracking.log_dataset(loggers[1].experiment, loggers[1].run_id, args.data, "training")
         save_siamese(net, tmp / FILENAME, extra={
             "variant": args.variant, "variant_config": dataclasses.asdict(variant),
             "siamese_config": dataclasses.asdict(cfg), "augment_config": dataclasses.asdict(augment),

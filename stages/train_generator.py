@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tracking
 from pipeline.checkpoints import FILENAME
@@ -17,7 +17,7 @@ from pipeline.generators.synthesis import sample_grid
 from pipeline.generators.training import fit_generator, source_samples
 from pipeline.io import atomic_dir, write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.training import configure_torch, with_overrides
+from pipeline.training import MLFlowLogger, configure_torch, with_overrides
 
 
 def main() -> None:
@@ -55,6 +55,7 @@ def main() -> None:
             mlf = loggers[1]
             mlf.experiment.log_artifact(mlf.run_id, str(tmp / "samples_source.png"))
             mlf.experiment.log_metric(mlf.run_id, "perf/pairs_per_s", pairs_per_s)
+            tracking.log_dataset(mlf.experiment, mlf.run_id, args.data, "training")
             run_id = mlf.run_id
         write_json(tmp / "run.json", {"mlflow_run_id": run_id, "tracking_uri": uri, "train_seconds": round(seconds, 1),
                                       "pairs_per_s": round(pairs_per_s, 1)})

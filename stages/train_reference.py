@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tracking
 from pipeline.checkpoints import FILENAME
@@ -22,7 +22,7 @@ from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.io import atomic_dir, write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.training import configure_torch
+from pipeline.training import MLFlowLogger, configure_torch
 from pipeline.variants import source_pools
 
 
@@ -55,6 +55,8 @@ def main() -> None:
             "variant": "reference", "siamese_config": dataclasses.asdict(cfg),
             "augment_config": dataclasses.asdict(augment), "classes": "source",
             "images_per_class": [len(p) for p in pools], "image_spec": dataclasses.asdict(dataset.spec)})
+        if uri is not None:
+            tracking.log_dataset(loggers[1].experiment, loggers[1].run_id, args.data, "training")
         write_json(tmp / "run.json", {"mlflow_run_id": loggers[1].run_id if uri else None, "tracking_uri": uri})
     print(f"reference embedding: {len(pools)} source classes, {cfg.max_steps} steps -> {args.out}")
 

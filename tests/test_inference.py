@@ -399,5 +399,5 @@ def test_an_mlflow_uri_that_is_no_siamese_model_is_named(mlflow_store: str) -> N
     run_id = log_model(nn.Linear(2, 2), None)
     with pytest.raises(ValueError, match=rf"runs:/{run_id}/model: the logged model is a Linear, not a Siamese"):
         inference.load_model(f"runs:/{run_id}/model")
-    with pytest.raises(ValueError, match=r"runs:/0123456789abcdef/model: not a PyTorch model in the MLflow store"):
+    with pytest.raises(ValueError, match=r"runs:/0123456789abcdef/model: not a model of this pipeline in the MLflow"):
         inference.load_model("runs:/0123456789abcdef/model")

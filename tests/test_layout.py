@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def test_every_stage_waits_for_the_params_check_and_keeps_what_cannot_be_restore
     """Each stage depends on `check_params`' stamp, so a bad param stops DVC before it deletes any stage's
     outputs; outputs DVC does not cache are `persist` (DVC never deletes them; the stage replaces them whole)."""
     stages = stage_defs()
-    assert stages["check_params"]["params"] == [{"params.yaml": None}]
+    assert "params.yaml" in stages["check_params"]["deps"] and "params" not in stages["check_params"]
     for name, definition in stages.items():
         if name != "check_params":
             assert "data/params.ok" in definition["deps"], f"dvc.yaml `{name}` does not wait for check_params"
@@ -133,3 +134,25 @@ def test_a_workspace_leaves_the_projects_results_behind(tmp_path: Path) -> None:
     assert (ws / "reports" / ".gitignore").is_file()  # not a result: it keeps DVC's cached outputs out of git
     assert (ws / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()
     assert (ws / "pipeline" / "evaluation.py").is_file() and "profiles/tiny.yaml" in (ws / "params.yaml").read_text()
+
+
+def test_every_dvc_artifact_is_a_stage_output_of_the_default_profile() -> None:
+    """dvc.yaml's `artifacts:` (DVC's model registry) name each default variant's classifier and each generator."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    artifacts = spec["artifacts"]
+    assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name) for name in artifacts), list(artifacts)
+    paths = {a["path"] for a in artifacts.values()}
+    assert paths == {f"models/classifiers/{v}" for v in params["variants"]} | {
+        f"models/generators/{g}" for g in params["generator"]["enabled"]}
+    assert all(a["type"] == "model" and a["desc"] for a in artifacts.values())
+
+
+def test_prepare_reads_every_data_key_but_the_download_source() -> None:
+    """`dvc exp show` lists the params stages read: prepare lists each `data` key that changes the prepared set."""
+    import dataclasses
+
+    from pipeline.data.prepare import DataConfig
+
+    prepare = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["prepare"]
+    assert prepare["params"] == [f"data.{f.name}" for f in dataclasses.fields(DataConfig) if f.name != "download"]

@@ -8,9 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -314,7 +320,7 @@ def test_trained_model_carries_its_verification_threshold_into_mlflow(smoke_run:
                                order_by=["attributes.start_time ASC"])[0]
 
     # From the pipeline's MLflow store (the workspace's mlflow.db): the same weights and threshold as model.pt.
-    uri = f"runs:/{child.info.run_id}/model"
+    uri = f"runs:/{child.info.run_id}/vae"  # the model is named after its variant
     model = inference.load_model(workspace / "models" / "classifiers" / "vae" / "model.safetensors")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
     logged = inference.load_model(uri)
@@ -405,3 +411,192 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(tiny_run: tuple[
         training = client.get_run(variant_run.data.tags["training_run_id"])
         assert training.data.tags["run_group"] in first
     assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
+
+
+# ---------------------------------------------------------------------------- the model a user takes away
+
+
+TINY_MODEL = "omniglot-oneshot-tiny"  # the tiny profile's registered model: its experiment's name
+
+
+def episode_folders(root: Path, zip_path: Path, n_episodes: int, n_way: int, seed: int) -> list[Path]:
+    """`n_episodes` one-shot tasks of real drawings: root/ep<i>/support/<class>/a.png, root/ep<i>/queries/<class>.png
+    (another drawer of the class), classes and drawers drawn with `seed` from the evaluation alphabets."""
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(zip_path) as archive:
+        by_class: dict[str, list[str]] = {}
+        for name in sorted(n for n in archive.namelist() if n.endswith(".png")):
+            by_class.setdefault("_".join(name.split("/")[1:3]), []).append(name)
+        keys = sorted(by_class)
+        folders = []
+        for e in range(n_episodes):
+            folder = root / f"ep{e:02d}"
+            for key in rng.choice(keys, n_way, replace=False):
+                support, query = rng.choice(by_class[key], 2, replace=False)
+                for path, data in ((folder / "support" / key / "a.png", support),
+                                   (folder / "queries" / f"{key}.png", query)):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(archive.read(data))
+            folders.append(folder)
+    return folders
+
+
+def request_frame(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """An episode folder as the registered model's input: support rows labelled, then the queries in file order."""
+    from pipeline import serving
+
+    support = sorted((folder / "support").glob("*/*.png"))
+    queries = inference.list_queries([folder / "queries"])
+    rows = [(serving.encode_image(p), p.parent.name) for p in support]
+    rows += [(serving.encode_image(q), "") for q in queries]
+    return pd.DataFrame(rows, columns=["image", "label"]), queries
+
+
+def test_the_best_one_shot_variant_is_registered_as_champion(tiny_run: tuple[Path, dict[str, str]]) -> None:
+    workspace, _ = tiny_run
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    best = max((v for v in metrics if v != "oracle"), key=lambda v: metrics[v]["acc_20way"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias(TINY_MODEL, "champion")
+    assert champion.tags["variant"] == best and champion.tags["champion_check"].endswith("promoted")
+    assert float(champion.tags["acc_20way"]) == pytest.approx(metrics[best]["acc_20way"], abs=1e-4)
+    assert champion.run_id is not None
+    variant_run = client.get_run(champion.run_id)  # the version links the variant's run of the pipeline run
+    assert variant_run.data.tags["variant"] == best and variant_run.data.tags["kind"] == "variant"
+    logged = {m.name for m in client.search_logged_models([variant_run.info.experiment_id])}
+    assert set(metrics) <= logged, "every variant's model is logged under its own name"
+
+
+@pytest.mark.slow
+def test_the_champion_serves_on_loopback_as_oneshot_predict_answers(tiny_run: tuple[Path, dict[str, str]],
+                                                                    tmp_path: Path,
+                                                                    omniglot_zips: dict[str, Path]) -> None:
+    """`mlflow models serve -m models:/...@champion --env-manager local`: the REST answer is `oneshot-gda predict`'s."""
+    workspace, env = tiny_run
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}"}
+    uri = f"models:/{TINY_MODEL}@champion"
+    (folder,) = episode_folders(tmp_path, omniglot_zips["images_evaluation"], 1, 20, seed=7)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+                time.sleep(1)
+        frame, queries = request_frame(folder)
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+        bad = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(
+            {"dataframe_split": frame.assign(label="x").to_dict(orient="split", index=False)}).encode(),
+            {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=60)
+        assert refused.value.code == 400 and b"no queries" in refused.value.read()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+    done = run([str(BIN / "oneshot-gda"), "predict", "--model", uri, "--support", str(folder / "support"),
+                "--query", str(folder / "queries")], workspace, env)
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["query"] for r in rows] == [str(q) for q in queries]
+    assert [s["prediction"] for s in served] == [r["prediction"] for r in rows]
+    np.testing.assert_allclose([s["score"] for s in served], [float(r["score"]) for r in rows], atol=1e-5)
+    assert [s["row"] for s in served] == list(range(20, 40))
+    assert np.mean([r["prediction"] == Path(r["query"]).stem for r in rows]) > 0.3  # a trained model, not chance
+
+
+@pytest.mark.slow
+def test_the_champion_loads_in_an_environment_without_the_checkout(tiny_run: tuple[Path, dict[str, str]],
+                                                                   tmp_path: Path,
+                                                                   omniglot_zips: dict[str, Path]) -> None:
+    """A fresh venv that has the locked packages (the project's, by a .pth line) but not `pipeline`: the model
+    brings its own code, and predicts the labels `oneshot-gda predict` gives on 20 Omniglot episodes."""
+    import sysconfig
+
+    workspace, env = tiny_run
+    store = f"sqlite:///{workspace / 'mlflow.db'}"
+    uri = f"models:/{TINY_MODEL}@champion"
+    folders = episode_folders(tmp_path / "episodes", omniglot_zips["images_evaluation"], 20, 5, seed=11)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # A path line only: the project venv's own .pth files (the editable install of `pipeline`) are not read.
+    (Path(site) / "locked-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    script = tmp_path / "predict.py"
+    script.write_text(f'''
+import importlib.util, json, sys
+assert importlib.util.find_spec("pipeline") is None, "the checkout is importable"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({uri!r})
+frames = json.load(open(sys.argv[1]))
+out = [model.predict(pd.DataFrame(f, columns=["image", "label"]))["prediction"].tolist() for f in frames]
+print(json.dumps({{"labels": out, "code": sys.modules["pipeline"].__file__}}))
+''')
+    frames = [request_frame(f)[0].values.tolist() for f in folders]
+    (tmp_path / "frames.json").write_text(json.dumps(frames))
+    clean = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run([str(python), str(script), str(tmp_path / "frames.json")], cwd=tmp_path,
+                          env={**clean, "MLFLOW_TRACKING_URI": store, "PATH": f"{venv / 'bin'}:/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["code"].startswith(str(ROOT)), "pipeline came from the checkout, not from the model"
+    # What `oneshot-gda predict --model models:/...@champion --support ... --query ...` computes, in process.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        model = inference.load_model(uri)
+    expected = []
+    for folder in folders:
+        bank = inference.enroll(model, inference.read_support(folder / "support", model.spec))
+        queries = inference.list_queries([folder / "queries"])
+        found = inference.predict(model, bank, inference.read_images(queries, model.spec))
+        expected.append(found.classes[:, 0].tolist())
+    assert result["labels"] == expected
+
+
+def test_every_run_names_params_alike_and_records_its_data(tiny_run: tuple[Path, dict[str, str]]) -> None:
+    """One naming scheme (params.yaml paths with dots) on training and variant runs, no constant `epoch` metric,
+    system metrics on the trainings, and the prepared data as a dataset input of every run."""
+    workspace, _ = tiny_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("omniglot-oneshot-tiny")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = {r.data.tags["kind"] for r in runs}
+    assert kinds == {"pipeline", "variant", "training", "generator", "reference"}, kinds
+    digest = None
+    for r in runs:
+        assert not any("/" in k for k in r.data.params), (r.info.run_name, sorted(r.data.params)[:5])
+        assert "epoch" not in r.data.metrics, r.info.run_name
+        assert r.inputs is not None
+        (found,) = r.inputs.dataset_inputs
+        assert found.dataset.name == "omniglot" and found.dataset.source_type == "local"
+        digest = digest or found.dataset.digest
+        assert found.dataset.digest == digest, "one prepared dataset, one digest"
+        context = {t.key: t.value for t in found.tags}["mlflow.data.context"]
+        assert context == ("evaluation" if r.data.tags["kind"] in ("pipeline", "variant") else "training")
+        if r.data.tags["kind"] in ("training", "generator", "reference"):
+            assert any(k.startswith("system/cpu_utilization") for k in r.data.metrics), r.info.run_name
+    gan_training = next(r for r in runs if r.data.tags["kind"] == "generator")
+    gan_variant = next(r for r in runs if r.data.tags["kind"] == "variant" and r.data.tags["variant"] == "gan")
+    assert gan_training.data.params["generator.gan.widths"] == gan_variant.data.params["generator.gan.widths"]
+    assert gan_training.data.params["generator.gan.widths"].startswith("[")
+    trained, scored = (next(r for r in runs if r.data.tags["kind"] == kind and r.data.tags.get("variant") == "classic")
+                       for kind in ("training", "variant"))
+    assert trained.data.params["siamese.lr"] == scored.data.params["siamese.lr"]

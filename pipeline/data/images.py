@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -58,13 +58,17 @@ def load_image_file(path: str | Path, spec: ImageSpec) -> np.ndarray:
     return load_image_file_sized(path, spec)[0]
 
 
-def load_image_file_sized(path: str | Path, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int]]:
-    """`load_image_file`, and the file's (width, height) before preprocessing, from one opening."""
+def load_image_file_sized(path: str | Path | BinaryIO, spec: ImageSpec,
+                          name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_image_file`, and the file's (width, height) before preprocessing, from one opening.
+
+    `path` may be an open binary file (an image file's bytes in a BytesIO); `name` names it in errors.
+    """
     try:
         with Image.open(path) as image:
             return preprocess_image(image, spec), image.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from exc
+        raise ImageError(f"{name or path}: not a readable image ({exc})") from exc
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

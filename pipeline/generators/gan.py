@@ -246,7 +246,7 @@ class GANModule(pl.LightningModule):
         self.model = model
         self.critic = PairCritic(model.image_size, cfg.critic_width, cfg.critic_blur, model.channels)
         self.cfg = cfg
-        self.save_hyperparameters({"gan": dataclasses.asdict(cfg), "model": model.config})
+        self.save_hyperparameters({"generator": {"gan": dataclasses.asdict(cfg)}, "model": model.config})
 
     @property
     def optimizer_steps_per_batch(self) -> int:

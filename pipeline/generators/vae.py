@@ -114,7 +114,7 @@ class VAEModule(pl.LightningModule):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.save_hyperparameters({"vae": dataclasses.asdict(cfg), "model": model.config})
+        self.save_hyperparameters({"generator": {"vae": dataclasses.asdict(cfg)}, "model": model.config})
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         exemplar, targets = batch  # [B, C, S, S], [B, 1, C, S, S]
