@@ -61,9 +61,31 @@ def export_model(model: M) -> M:
     return model.float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
 
+class TrainingDiverged(RuntimeError):
+    """A training loss became NaN or infinite: the run stops there instead of saving a network that outputs NaN."""
+
+
+class FiniteLosses(pl.Callback):
+    """Stop training, with an error that names the fix, the first step a `train/*` value logged this step is not
+    finite. Without it a diverged run (too high a learning rate) trains to the end and scores chance accuracy
+    with nothing said."""
+
+    def __init__(self, what: str, fix: str):
+        self.what, self.fix = what, fix
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") and isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+                raise TrainingDiverged(f"{self.what}: training diverged at step {trainer.global_step}, {key} is "
+                                       f"{value.item()}; {self.fix}. Nothing of this stage was saved")
+
+
 def build_trainer(cfg: TrainerConfig, max_steps: int, loggers: list[Any], val_every: int | None = None,
-                  **kwargs: Any) -> pl.Trainer:
-    """A Trainer whose hardware settings come straight from params `trainer`."""
+                  guard: FiniteLosses | None = None, **kwargs: Any) -> pl.Trainer:
+    """A Trainer whose hardware settings come straight from params `trainer`; `guard` stops it on a NaN loss."""
+    if guard is not None:
+        kwargs["callbacks"] = [guard, *kwargs.get("callbacks", [])]
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,

@@ -25,6 +25,7 @@ from pipeline.data.batches import PairBatches, apply_transform
 from pipeline.data.images import to_tensor
 from pipeline.generators import save_generator
 from pipeline.generators.vae import ExemplarVAE
+from pipeline.training import TrainingDiverged
 
 SIZE = 28
 
@@ -616,3 +617,17 @@ def test_rotated_classes_train_on_four_times_the_classes() -> None:
     with pytest.raises(ValueError, match=r"^reference\.batch_classes=12 is larger than the 3 training classes"):
         fit_siamese(pools, dataclasses.replace(cfg, rotated_classes=False),
                     TrainerConfig(precision="32-true", channels_last=False), [], params_key="reference")
+
+
+def test_a_diverging_fit_stops_with_the_learning_rate_to_lower() -> None:
+    """A learning rate far too high makes the loss NaN within steps: the fit stops there, naming the step and the
+    param to lower, instead of training on and saving a network that scores chance."""
+    rng = np.random.default_rng(0)
+    pools = [(rng.random((3, 1, 28, 28)) < 0.3).astype(np.uint8) * 255 for _ in range(4)]
+    cfg = SiameseConfig(channels=8, embedding_dim=16, batch_classes=4, max_steps=50, lr=1e6)
+    with pytest.raises(TrainingDiverged, match=r"siamese classifier: training diverged at step \d+, train/loss is "
+                                               r"nan; lower `siamese.lr` \(now 1e\+06\)"):
+        fit_siamese(pools, cfg, TrainerConfig(precision="32-true", channels_last=False), [],
+                    enable_progress_bar=False)
+    fit_siamese(pools, dataclasses.replace(cfg, lr=1e-3), TrainerConfig(precision="32-true", channels_last=False),
+                [], enable_progress_bar=False)  # the same fit at a sane rate runs to the end

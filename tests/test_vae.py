@@ -14,12 +14,15 @@ from PIL import Image
 
 from pipeline.checkpoints import FILENAME, CheckpointError, read_checkpoint
 from pipeline.classifiers.network import SiameseNet, save_siamese
-from pipeline.config import ParamsError, from_dict
+from pipeline.config import ParamsError, TrainerConfig, from_dict
 from pipeline.data.batches import SameClassPairs
+from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
 from pipeline.generators.blocks import multiscale_error
 from pipeline.generators.synthesis import sample_grid, synthesize_from_exemplars
+from pipeline.generators.training import fit_generator
 from pipeline.generators.vae import ExemplarVAE, VAEConfig, VAEModule, build
+from pipeline.training import TrainingDiverged
 from tests.drawings import blobs
 
 SIZE, LATENT, WIDTHS = 16, 4, (8, 16)
@@ -436,3 +439,12 @@ def test_load_at_another_image_size(channels: int, tmp_path: Path) -> None:
         assert out.shape == (2, 4, channels, size, size)
     with pytest.raises(ValueError, match="image_size=31 must be divisible by 2"):
         load_generator(tmp_path, image_size=31)
+
+
+def test_a_diverging_generator_fit_stops_with_the_rate_to_lower(tiny_omniglot: tuple[FewShotSet, dict]) -> None:
+    """A learning rate far too high: the generator's fit stops at the first non-finite loss and names the rate."""
+    dataset, _ = tiny_omniglot
+    cfg = VAEConfig(batch_size=8, max_steps=30, lr=1e6)
+    with pytest.raises(TrainingDiverged, match=r"generator vae: training diverged at step \d+, train/loss is nan; "
+                                               r"lower `generator.vae.lr` \(now 1e\+06\)\. Nothing"):
+        fit_generator(dataset, "vae", cfg, TrainerConfig(precision="32-true", channels_last=False), [])

@@ -19,7 +19,7 @@ from pipeline.data.batches import PairBatches
 from pipeline.data.episodes import sample_episodes
 from pipeline.data.fewshot import DataError, FewShotSet
 from pipeline.data.images import to_tensor
-from pipeline.training import build_trainer, export_model, prepare_model
+from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
 
 
 def seen_validation(dataset: FewShotSet, seed: int, n_way: int = 20, n_episodes: int = 200) -> dict[str, Any]:
@@ -69,8 +69,10 @@ def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: Traine
     batches = PairBatches(pools, cfg.batch_classes, cfg.seed, None if per_batch else transform,
                           key=f"{params_key}.batch_classes")
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
+    fp32 = "" if "32" in str(trainer_cfg.precision) else ", or train in fp32 (`trainer.precision: 32-true`)"
+    guard = FiniteLosses(f"{params_key} classifier", f"lower `{params_key}.lr` (now {cfg.lr:g}){fp32}")
     trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None,
-                            **trainer_kwargs)
+                            guard=guard, **trainer_kwargs)
     # One validation 'batch': validation reads module.val_data.
     trainer.fit(module, loader, [0] if val_data else None)
     net = export_model(net)

@@ -15,7 +15,7 @@ from pipeline.data.batches import SameClassPairs
 from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import get_family
 from pipeline.generators.synthesis import synthesize_from_exemplars
-from pipeline.training import build_trainer, export_model, prepare_model
+from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
 
 
 def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: TrainerConfig,
@@ -43,7 +43,11 @@ def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: Trainer
     loader = torch.utils.data.DataLoader(pairs, batch_size=None, num_workers=1, persistent_workers=True)
     # GANs step two optimizers per batch, and Lightning counts each step.
     steps = cfg.max_steps * getattr(module, "optimizer_steps_per_batch", 1)
-    trainer = build_trainer(trainer_cfg, steps, loggers)
+    rates = ", ".join(f"`generator.{name}.{k}` (now {getattr(cfg, k):g})" for k in ("lr", "lr_generator", "lr_critic")
+                      if hasattr(cfg, k))
+    fp32 = "" if "32" in str(trainer_cfg.precision) else f", or train in fp32 (`generator.{name}.precision: 32-true`)"
+    guard = FiniteLosses(f"generator {name}", f"lower {rates}{fp32}")
+    trainer = build_trainer(trainer_cfg, steps, loggers, guard=guard)
     start = time.perf_counter()
     trainer.fit(module, loader)
     return export_model(model), time.perf_counter() - start
