@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
@@ -14,6 +17,7 @@ from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import TrainerConfig
+from pipeline.io import atomic_dir
 
 
 class _LightningChatter(logging.Filter):
@@ -34,6 +38,25 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # Lightning 2.6 still builds torch's LeafSpec, which torch 2.13 deprecates: a warning in every fit about
 # Lightning's internals, which nothing in this project can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
+def is_rank_zero() -> bool:
+    """True in a single process and in rank zero of a distributed run. Lightning's DDP starts the other ranks by
+    running the stage's command again with their rank in the environment (LOCAL_RANK; torchrun and SLURM set
+    RANK, SLURM_PROCID), which Lightning reads at import: a stage knows its rank before it trains."""
+    return int(rank_zero_only.rank) == 0  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path) -> Iterator[Path]:
+    """The stage's output folder (io.atomic_dir) on rank zero; on another rank of a distributed run a throwaway
+    folder, so that the loggers it is given write nowhere that lasts and the output is written once."""
+    if is_rank_zero():
+        with atomic_dir(path) as tmp:
+            yield tmp
+    else:
+        with tempfile.TemporaryDirectory(prefix="rank-") as tmp:
+            yield Path(tmp)
 
 
 def with_overrides(cfg: TrainerConfig, model_cfg: object) -> TrainerConfig:

@@ -19,9 +19,9 @@ from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.synthetic import SyntheticSet
 from pipeline.export import export_checkpoint
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.training import MLFlowLogger, configure_torch
+from pipeline.training import MLFlowLogger, configure_torch, is_rank_zero, output_dir
 from pipeline.variants import VariantConfig, training_set
 
 
@@ -41,7 +41,8 @@ def main() -> None:
     augment = section(params, ClassicAugmentConfig, "augment")
     trainer_cfg = section(params, TrainerConfig, "trainer")
     tracking_cfg = section(params, TrackingConfig, "tracking")
-    uri = tracking.setup(tracking_cfg)
+    # One MLflow run, one output: rank zero's; the other ranks of a distributed run only train alongside it.
+    uri = tracking.setup(tracking_cfg) if is_rank_zero() else None
     configure_torch(trainer_cfg)
 
     dataset = FewShotSet.load(args.data)
@@ -55,7 +56,7 @@ def main() -> None:
     classes, pools = training_set(dataset, variant, synthetic, synthetic.variant_count)
     transform = classic_transform(augment, cfg.seed) if variant.classic else None
 
-    with atomic_dir(args.out) as tmp:
+    with output_dir(args.out) as tmp:
         loggers: list = [CSVLogger(tmp, name="", version="")]
         if uri is not None:
             loggers.append(MLFlowLogger(
@@ -63,6 +64,8 @@ def main() -> None:
                 tags=tracking.run_tags(kind="training", variant=args.variant, generator=variant.synthetic)))
         net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=transform,
                           val_data=seen_validation(dataset, cfg.seed))
+        if not is_rank_zero():
+            return  # rank zero calibrates, saves and logs the network all ranks trained
         verify = calibrate_on_held_out(net, dataset, cfg)
         if uri is not None:
             loggers[1].log_metrics({"verify/threshold": verify.threshold, "verify/far": verify.far,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger
@@ -15,9 +14,9 @@ from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import get_family, save_generator
 from pipeline.generators.synthesis import sample_grid
 from pipeline.generators.training import fit_generator, source_samples
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.training import MLFlowLogger, configure_torch, with_overrides
+from pipeline.training import MLFlowLogger, configure_torch, is_rank_zero, output_dir, with_overrides
 
 
 def main() -> None:
@@ -34,17 +33,20 @@ def main() -> None:
     cfg: Any = section(params, family.config, f"generator.{args.name}")
     trainer_cfg = with_overrides(section(params, TrainerConfig, "trainer"), cfg)
     tracking_cfg = section(params, TrackingConfig, "tracking")
-    uri = tracking.setup(tracking_cfg)
+    # One MLflow run, one output: rank zero's; the other ranks of a distributed run only train alongside it.
+    uri = tracking.setup(tracking_cfg) if is_rank_zero() else None
     configure_torch(trainer_cfg)
     dataset = FewShotSet.load(args.data)
 
-    with atomic_dir(Path(args.out)) as tmp:
+    with output_dir(args.out) as tmp:
         loggers: list = [CSVLogger(tmp, name="", version="")]
         if uri is not None:
             loggers.append(MLFlowLogger(experiment_name=tracking_cfg.experiment, tracking_uri=uri,
                                         run_name=f"generator:{args.name}",
                                         tags=tracking.run_tags(kind="generator", generator=args.name)))
         model, seconds = fit_generator(dataset, args.name, cfg, trainer_cfg, loggers)
+        if not is_rank_zero():
+            return  # rank zero saves, draws and logs the model all ranks trained
         pairs_per_s = cfg.max_steps * cfg.batch_size / seconds  # training pairs through the model per second
         print(f"train_generator@{args.name}: {cfg.max_steps} steps in {seconds:.0f} s, {pairs_per_s:.0f} pairs/s")
         save_generator(args.name, model, tmp / FILENAME, extra={"train_config": vars(cfg)})

@@ -20,9 +20,9 @@ from pipeline.classifiers.training import fit_siamese
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform
 from pipeline.data.fewshot import FewShotSet
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.training import MLFlowLogger, configure_torch
+from pipeline.training import MLFlowLogger, configure_torch, is_rank_zero, output_dir
 from pipeline.variants import source_pools
 
 
@@ -39,18 +39,21 @@ def main() -> None:
     augment = section(params, ClassicAugmentConfig, "augment")
     trainer_cfg = section(params, TrainerConfig, "trainer")
     tracking_cfg = section(params, TrackingConfig, "tracking")
-    uri = tracking.setup(tracking_cfg)
+    # One MLflow run, one output: rank zero's; the other ranks of a distributed run only train alongside it.
+    uri = tracking.setup(tracking_cfg) if is_rank_zero() else None
     configure_torch(trainer_cfg)
 
     dataset = FewShotSet.load(args.data)
     pools = source_pools(dataset)
-    with atomic_dir(args.out) as tmp:
+    with output_dir(args.out) as tmp:
         loggers: list = [CSVLogger(tmp, name="", version="")]
         if uri is not None:
             loggers.append(MLFlowLogger(experiment_name=tracking_cfg.experiment, tracking_uri=uri,
                                         run_name="reference embedding", tags=tracking.run_tags(kind="reference")))
         net = fit_siamese(pools, cfg, trainer_cfg, loggers, transform=classic_transform(augment, cfg.seed),
                           params_key="reference")
+        if not is_rank_zero():
+            return  # rank zero saves and logs the network all ranks trained
         save_siamese(net, tmp / FILENAME, extra={
             "variant": "reference", "siamese_config": dataclasses.asdict(cfg),
             "augment_config": dataclasses.asdict(augment), "classes": "source",

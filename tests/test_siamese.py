@@ -21,7 +21,7 @@ from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
 from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import ParamsError, TrainerConfig, from_dict
 from pipeline.data.augment import BatchAffine, ClassicAugmentConfig, classic_transform, warp_affine
-from pipeline.data.batches import PairBatches, apply_transform
+from pipeline.data.batches import PairBatches, SameClassPairs, apply_transform
 from pipeline.data.images import to_tensor
 from pipeline.generators import save_generator
 from pipeline.generators.vae import ExemplarVAE
@@ -631,3 +631,35 @@ def test_a_diverging_fit_stops_with_the_learning_rate_to_lower() -> None:
                     enable_progress_bar=False)
     fit_siamese(pools, dataclasses.replace(cfg, lr=1e-3), TrainerConfig(precision="32-true", channels_last=False),
                 [], enable_progress_bar=False)  # the same fit at a sane rate runs to the end
+
+
+def _first_batches(rank: int, world: int, folder: Path) -> None:
+    """One process of a real gloo process group: the first batch of each stream, as training would draw it."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder / 'group'}", rank=rank,
+                                         world_size=world)
+    try:
+        pools = [np.full((3, 1, SIZE, SIZE), 40 * c, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None]
+                 for c in range(6)]
+        pair = next(iter(PairBatches(pools, 4, seed=3)))[0]
+        images = np.concatenate(pools)
+        labels = np.repeat(np.arange(6), 3)
+        loader = torch.utils.data.DataLoader(SameClassPairs(images, labels, 5, seed=3), batch_size=None, num_workers=1)
+        same = next(iter(loader))[0]
+        torch.save((pair, same), folder / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_process_of_a_distributed_run_draws_its_own_batches(tmp_path: Path) -> None:
+    """Under DDP every process builds the same streams: seeded by rank, rank 1 draws other batches than rank 0
+    (also in a loader worker), and rank 0 draws exactly what a single process draws."""
+    torch.multiprocessing.spawn(_first_batches, args=(2, tmp_path), nprocs=2)
+    (pair0, same0), (pair1, same1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    pools = [np.full((3, 1, SIZE, SIZE), 40 * c, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None]
+             for c in range(6)]
+    labels = np.repeat(np.arange(6), 3)
+    single_pair = next(iter(PairBatches(pools, 4, seed=3)))[0]
+    single_same = next(iter(torch.utils.data.DataLoader(SameClassPairs(np.concatenate(pools), labels, 5, seed=3),
+                                                        batch_size=None, num_workers=1)))[0]
+    assert torch.equal(pair0, single_pair) and torch.equal(same0, single_same)
+    assert not torch.equal(pair0, pair1) and not torch.equal(same0, same1)

@@ -89,7 +89,7 @@ class SiameseModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self.batch_transform is not None:
-            self.batch_transform.reset()
+            self.batch_transform.reset(self.global_rank)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """The classic transforms of the tensor engine, on the whole training batch at once, on its device."""
@@ -133,7 +133,7 @@ class SiameseModule(pl.LightningModule):
         images = self.val_data["images"].to(self.device)
         episodes: Episodes = self.val_data["episodes"]
         acc = episode_scores_accuracy(self.net, images, episodes)
-        self.log("val/acc_20way_seen", float(acc.mean()), prog_bar=True, batch_size=1)
+        self.log("val/acc_20way_seen", float(acc.mean()), prog_bar=True, batch_size=1, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

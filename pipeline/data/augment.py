@@ -55,9 +55,10 @@ class BatchAffine:
         self.cfg, self.seed = cfg, seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def reset(self) -> None:
-        """Back to the first draw: each training run that uses this transform replays the same draws."""
-        self.generator.manual_seed(self.seed)
+    def reset(self, rank: int = 0) -> None:
+        """Back to the first draw: each training run that uses this transform replays the same draws. In a
+        distributed run each process (`rank`) draws its own; rank 0 those of a single process."""
+        self.generator.manual_seed(self.seed + 1_000_003 * rank)
 
     def matrices(self, n: int, height: int, width: int) -> torch.Tensor:
         """[n, 3, 3] float64: albumentations' forward matrices (input pixel -> output pixel), one per image."""

@@ -14,6 +14,33 @@ import torch
 from pipeline.data.images import to_tensor
 
 
+def distributed_rank() -> int:
+    """This process's global rank in a distributed run (Lightning's DDP, torchrun), 0 in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return 0
+
+
+class RankSeeded(torch.utils.data.IterableDataset):
+    """A batch stream whose seed sequence takes in, in a distributed run, the rank of the process that trains on
+    it, so that every process draws batches of its own. The rank is read where the stream is iterated, or where
+    it is pickled for a spawned loader worker (which is not in the process group itself)."""
+
+    seed: int
+    rank: int | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["rank"] = distributed_rank() if self.rank is None else self.rank
+        return state
+
+    def stream_seed(self, worker: int) -> list[int]:
+        """`seed`, the loader worker, and the rank if not 0: rank 0, and a single process, draw what they always
+        drew."""
+        rank = distributed_rank() if self.rank is None else self.rank
+        return [self.seed, worker] + ([rank] if rank else [])
+
+
 def apply_transform(transform: Callable[..., dict[str, np.ndarray]], image: np.ndarray) -> np.ndarray:
     """An albumentations transform on one uint8 image [C, S, S] (albumentations works on [S, S] or [S, S, C])."""
     if image.shape[0] == 1:
@@ -21,7 +48,7 @@ def apply_transform(transform: Callable[..., dict[str, np.ndarray]], image: np.n
     return np.ascontiguousarray(transform(image=image.transpose(1, 2, 0))["image"].transpose(2, 0, 1))
 
 
-class PairBatches(torch.utils.data.IterableDataset):
+class PairBatches(RankSeeded):
     """Endless batches of P classes x 2 images: (x1 [P, C, S, S], x2 [P, C, S, S]), row i = class i.
 
     `pools[c]` holds the images available for class c, uint8 [n_c, C, S, S] (the real exemplar,
@@ -51,9 +78,11 @@ class PairBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
-        rng = np.random.default_rng([self.seed, worker])
+        key = self.stream_seed(worker)
+        rng = np.random.default_rng(key)
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(self.seed * 1000 + worker)
+            rank = key[2] if len(key) > 2 else 0
+            self.transform.set_random_seed(self.seed * 1000 + worker + 1_000_003 * rank)
         n = len(self.pools)
         while True:
             classes = rng.choice(n, size=self.batch_classes, replace=False)
@@ -66,7 +95,7 @@ class PairBatches(torch.utils.data.IterableDataset):
             yield to_tensor(np.stack(first)), to_tensor(np.stack(second))
 
 
-class SameClassPairs(torch.utils.data.IterableDataset):
+class SameClassPairs(RankSeeded):
     """Endless batches of (exemplar, targets): images of one class by different instances (drawers).
 
     images: uint8 [N, C, S, S] (foreground 255); labels: [N]. Yields float exemplars [B, C, S, S]
@@ -89,7 +118,7 @@ class SameClassPairs(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
+        rng = np.random.default_rng(self.stream_seed(0 if info is None else info.id))
         while True:
             classes = rng.integers(len(self.by_class), size=self.batch_size)
             drawn = np.array([rng.choice(self.by_class[c], size=1 + self.targets, replace=False) for c in classes])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -47,6 +48,10 @@ def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: Trainer
                       if hasattr(cfg, k))
     fp32 = "" if "32" in str(trainer_cfg.precision) else f", or train in fp32 (`generator.{name}.precision: 32-true`)"
     guard = FiniteLosses(f"generator {name}", f"lower {rates}{fp32}")
+    if trainer_cfg.strategy == "ddp" and not module.automatic_optimization:
+        # A GAN steps the critic and the generator in turn: each backward leaves the other network's weights
+        # without gradients, which DDP must be told to expect.
+        trainer_cfg = dataclasses.replace(trainer_cfg, strategy="ddp_find_unused_parameters_true")
     trainer = build_trainer(trainer_cfg, steps, loggers, guard=guard)
     start = time.perf_counter()
     trainer.fit(module, loader)
