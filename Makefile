@@ -14,7 +14,7 @@ GATED = $(if $(wildcard reports/metrics.json),reports/metrics.json:) \
         $(foreach p,$(QUICK) kanji accuracy,$(if $(wildcard build/$(p)/reports/metrics.json),build/$(p)/reports/metrics.json:$(p)))
 TRACKING = MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(abspath .)/mlflow.db}
 
-.PHONY: setup system lock repro smoke kanji accuracy gate reference test lint ui clean
+.PHONY: setup system lock repro smoke kanji accuracy gate reference test lint ui server clean
 
 setup: $(VENV)/.installed
 
@@ -70,7 +70,7 @@ reference: setup      ## on purpose: rewrite each profile's references/*.json fr
 	    $(BIN)/python -m stages.gate --metrics $$metrics $${profile:+--profile $$profile} --write-reference || exit 1; \
 	done
 
-system:               ## the Debian packages the tests drive (Chromium for the MLflow UI test): root or sudo, once
+system:               ## the Debian packages the tests drive (Chromium, PostgreSQL): root or sudo, once
 	.ci/system-packages.sh
 
 test: setup system    ## lint, type-check and the test suite (includes dvc repro of the smoke profile)
@@ -80,6 +80,12 @@ test: setup system    ## lint, type-check and the test suite (includes dvc repro
 
 ui: setup             ## the MLflow UI on the default store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .)/mlflow.db
+
+# A team's tracking server on loopback: PostgreSQL (its own cluster in build/server) + `mlflow server` with
+# proxied artifacts; log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT). Ctrl-C stops both.
+SERVER_PORT ?= 5000
+server: setup system  ## MLflow tracking server on PostgreSQL, artifacts proxied, on 127.0.0.1:$(SERVER_PORT)
+	$(BIN)/python -m pipeline.server --folder build/server --port $(SERVER_PORT)
 
 clean:
 	rm -rf build

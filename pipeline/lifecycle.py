@@ -66,7 +66,27 @@ def _report(kind: type[BaseException], exc: BaseException, tb: TracebackType | N
             and not os.environ.get("PIPELINE_TRACEBACK")):
         print(f"error: {exc}", file=sys.stderr)
         return
+    if lost_server(exc) and not os.environ.get("PIPELINE_TRACEBACK"):
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        print(f"error: the MLflow tracking server {uri} stopped answering during this stage ({lost_server(exc)}). "
+              "This stage saved nothing; the run it was logging stays RUNNING on the server until the next "
+              "stage that tracks, or `python -m pipeline.lifecycle`, ends it KILLED. Bring the server back and "
+              "rerun `dvc repro`", file=sys.stderr)
+        return
     sys.__excepthook__(kind, exc, tb)
+
+
+def lost_server(exc: BaseException) -> str:
+    """The connection failure, when `exc` (or what caused it) is MLflow giving up on an HTTP tracking server that
+    stopped answering; else ''."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if type(seen).__name__ == "MlflowException" and "API request to" in text and (
+                "Max retries exceeded" in text or "Connection refused" in text or "Connection aborted" in text):
+            return "connection refused" if "refused" in text else "connection lost"
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def output_folders(root: Path) -> list[Path]:

@@ -64,6 +64,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from exc
 
 
+# MLflow retries a failed HTTP request 7 times with doubling waits, minutes in all; a stage whose server has gone
+# should say so within about half a minute, which still rides out a server restart. Set them to override.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
+
+
 def quiet_downloads() -> None:
     """No progress bar for MLflow's artifact downloads (a bar per copy of a model's few files), unless asked."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -78,6 +83,8 @@ def setup(cfg: TrackingConfig) -> str | None:
     uri = tracking_uri()
     check_reachable(uri)
     quiet_downloads()
+    for key, value in HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.experiment)
     end_orphaned_runs(uri, cfg.experiment)
