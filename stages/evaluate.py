@@ -52,8 +52,8 @@ def results_table(view: dict[str, dict[str, float]]) -> str:
 
 def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, VariantConfig], ckpts: dict,
                   histories: dict[str, pd.DataFrame], args: argparse.Namespace, params: dict,
-                  pictures: list[Path], sweeps: dict[str, pd.DataFrame], example: pd.DataFrame,
-                  registry: Callable[[Any, dict[str, Any], str], None] | None) -> str:
+                  evaluation: EvaluationConfig, pictures: list[Path], sweeps: dict[str, pd.DataFrame],
+                  example: pd.DataFrame, registry: Callable[[Any, dict[str, Any], str], None] | None) -> str:
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -67,7 +67,6 @@ def log_to_mlflow(uri: str, metrics: dict, view: dict, variants: dict[str, Varia
         mlflow.set_tag("run_group", group)
         mlflow.log_params({"evaluation." + k: str(v) for k, v in params["evaluation"].items()})
         tracking.log_dataset(client, group, args.data, "evaluation")
-        evaluation = section(params, EvaluationConfig, "evaluation")
         shared = tracking.share_view(client, parent.info.experiment_id,
                                      [f"acc_{p}" for p in evaluation.protocols] + [
                                          f"delta_{evaluation.headline}_vs_{evaluation.baseline}"], ["variant"])
@@ -256,8 +255,8 @@ def main() -> None:
             pictures = [aside[reports / name] for name, _ in figures]
             registry = (champion_registry(tracking_cfg, cfg, variants, accuracy, dataset, images, episodes)
                         if tracking_cfg.register else None)
-            group = log_to_mlflow(uri, metrics, view, variants, ckpts, histories, args, params, pictures, sweeps,
-                                  input_example(dataset), registry)
+            group = log_to_mlflow(uri, metrics, view, variants, ckpts, histories, args, params, cfg, pictures,
+                                  sweeps, input_example(dataset), registry)
             print(f"MLflow: pipeline run {group} in experiment {tracking_cfg.experiment!r} at {uri}")
     for stale in set(Path(args.headline).glob("*.json")) - set(headline_files):  # a variant no longer in params
         stale.unlink()
