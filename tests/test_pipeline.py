@@ -36,7 +36,7 @@ from pipeline.data.omniglot import ClassInfo, list_zip
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.export import OnnxModel
 from pipeline.profile import make_workspace
-from tests.workspaces import copy_workspace, stage_env
+from tests.workspaces import copy_workspace, episode_folders, stage_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -417,28 +417,6 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(tiny_run: tuple[
 
 
 TINY_MODEL = "omniglot-oneshot-tiny"  # the tiny profile's registered model: its experiment's name
-
-
-def episode_folders(root: Path, zip_path: Path, n_episodes: int, n_way: int, seed: int) -> list[Path]:
-    """`n_episodes` one-shot tasks of real drawings: root/ep<i>/support/<class>/a.png, root/ep<i>/queries/<class>.png
-    (another drawer of the class), classes and drawers drawn with `seed` from the evaluation alphabets."""
-    rng = np.random.default_rng(seed)
-    with zipfile.ZipFile(zip_path) as archive:
-        by_class: dict[str, list[str]] = {}
-        for name in sorted(n for n in archive.namelist() if n.endswith(".png")):
-            by_class.setdefault("_".join(name.split("/")[1:3]), []).append(name)
-        keys = sorted(by_class)
-        folders = []
-        for e in range(n_episodes):
-            folder = root / f"ep{e:02d}"
-            for key in rng.choice(keys, n_way, replace=False):
-                support, query = rng.choice(by_class[key], 2, replace=False)
-                for path, data in ((folder / "support" / key / "a.png", support),
-                                   (folder / "queries" / f"{key}.png", query)):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(archive.read(data))
-            folders.append(folder)
-    return folders
 
 
 def request_frame(folder: Path) -> tuple[pd.DataFrame, list[Path]]:

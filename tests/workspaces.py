@@ -1,11 +1,15 @@
-"""Finished pipeline workspaces for tests: the environment their `dvc` commands run in, and copies to change."""
+"""Finished pipeline workspaces for tests: the environment their `dvc` commands run in, copies to change, and
+one-shot episodes of real drawings as the image folders a user gives `oneshot-gda`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 
 def stage_env(omniglot_dir: Path) -> dict[str, str]:
@@ -25,3 +29,25 @@ def copy_workspace(finished: Path, dest: Path) -> Path:
     """A copy of a finished workspace (its git repo, DVC cache and MLflow store with it) to change freely."""
     shutil.copytree(finished, dest, symlinks=True)
     return dest
+
+
+def episode_folders(root: Path, zip_path: Path, n_episodes: int, n_way: int, seed: int) -> list[Path]:
+    """`n_episodes` one-shot tasks of real drawings: root/ep<i>/support/<class>/a.png, root/ep<i>/queries/<class>.png
+    (another drawer of the class), classes and drawers drawn with `seed` from the evaluation alphabets."""
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(zip_path) as archive:
+        by_class: dict[str, list[str]] = {}
+        for name in sorted(n for n in archive.namelist() if n.endswith(".png")):
+            by_class.setdefault("_".join(name.split("/")[1:3]), []).append(name)
+        keys = sorted(by_class)
+        folders = []
+        for e in range(n_episodes):
+            folder = root / f"ep{e:02d}"
+            for key in rng.choice(keys, n_way, replace=False):
+                support, query = rng.choice(by_class[key], 2, replace=False)
+                for path, data in ((folder / "support" / key / "a.png", support),
+                                   (folder / "queries" / f"{key}.png", query)):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(archive.read(data))
+            folders.append(folder)
+    return folders
