@@ -78,3 +78,13 @@ def accuracy_table(metrics: dict[str, dict[str, float]], keys: list[str]) -> pd.
              "low": m[k] - m.get(f"{k}_ci95", 0.0), "high": m[k] + m.get(f"{k}_ci95", 0.0)}
             for v, m in metrics.items() for k in keys if k in m]
     return pd.DataFrame(rows, columns=["variant", "protocol", "accuracy", "low", "high"])
+
+
+def sweep_table(sweeps: dict[str, pd.DataFrame], key: str) -> pd.DataFrame:
+    """The sweeps for `dvc plots`, every generator in one table (a line each): columns generator, n_synthetic,
+    accuracy (`key`), and its 95% CI as low and high."""
+    columns = ["generator", "n_synthetic", "accuracy", "low", "high"]
+    frames = [pd.DataFrame({"generator": generator, "n_synthetic": frame["n_synthetic"], "accuracy": frame[key],
+                            "low": frame[key] - frame[f"{key}_ci95"], "high": frame[key] + frame[f"{key}_ci95"]})
+              for generator, frame in sweeps.items()]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)

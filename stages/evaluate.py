@@ -35,7 +35,7 @@ from pipeline.evaluation import (
 )
 from pipeline.io import read_json, staged, write_json
 from pipeline.lifecycle import guard_stage
-from pipeline.plots import accuracy_bars, accuracy_table, curve_table, learning_curves, sweep_curve
+from pipeline.plots import accuracy_bars, accuracy_table, curve_table, learning_curves, sweep_curve, sweep_table
 from pipeline.variants import VariantConfig
 
 
@@ -186,7 +186,8 @@ def main() -> None:
     ap.add_argument("--headline", required=True,
                     help="folder for one <variant>.json each: the headline view (`dvc metrics show`, a row a variant)")
     ap.add_argument("--reports", required=True, help="folder for pictures")
-    ap.add_argument("--plots", required=True, help="folder for the data of `dvc plots` (curves.csv, accuracy.csv)")
+    ap.add_argument("--plots", required=True,
+                    help="folder for the data of `dvc plots` (curves.csv, accuracy.csv, sweep.csv)")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -241,12 +242,15 @@ def main() -> None:
     headline_files = {Path(args.headline) / f"{variant}.json": f"{variant}.json" for variant in metrics}
     with staged({reports / name: name for name, _ in figures} | {
             Path(args.plots) / "curves.csv": "curves.csv", Path(args.plots) / "accuracy.csv": "accuracy.csv",
-            Path(args.metrics): Path(args.metrics).name} | headline_files) as aside:
+            Path(args.plots) / "sweep.csv": "sweep.csv", Path(args.metrics): Path(args.metrics).name}
+            | headline_files) as aside:
         for name, fig in figures:
             fig.savefig(aside[reports / name], dpi=100, format="png")
         curve_table(histories).to_csv(aside[Path(args.plots) / "curves.csv"], index=False, float_format="%.6g")
         accuracy_table(metrics, [f"acc_{k}" for k in cfg.protocols]).to_csv(
             aside[Path(args.plots) / "accuracy.csv"], index=False, float_format="%.6g")
+        sweep_table(sweeps, f"acc_{cfg.headline}").to_csv(aside[Path(args.plots) / "sweep.csv"], index=False,
+                                                          float_format="%.6g")
         write_json(aside[Path(args.metrics)], metrics)
         view = headline_view(metrics, cfg)
         for path in headline_files:

@@ -109,7 +109,7 @@ def test_repro_writes_metrics_for_every_variant(smoke_run: tuple[Path, dict[str,
         expected = {"train": roles["train"]} | ({"source": roles["source"]} if variant.startswith("src_") else {})
         assert extra["classes_by_role"] == expected, variant
         assert 0.0 <= extra["verify"]["far"] <= 1.0
-    for table in ("curves.csv", "accuracy.csv"):
+    for table in ("curves.csv", "accuracy.csv", "sweep.csv"):
         assert (workspace / "reports" / "plots" / table).stat().st_size > 100
 
 
