@@ -130,9 +130,10 @@ def start_mlflow(store: str, artifacts: Path, port: int, log: Path) -> subproces
     return server
 
 
-def healthy(url: str) -> bool:
+def healthy(url: str, path: str = "/health") -> bool:
+    """Whether a server answers GET `url` + `path` (`mlflow server`: /health, `mlflow models serve`: /ping)."""
     try:
-        with urllib.request.urlopen(url + "/health", timeout=2):
+        with urllib.request.urlopen(url + path, timeout=2):
             return True
     except OSError:
         return False

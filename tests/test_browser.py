@@ -1,7 +1,12 @@
 """What a person sees in the MLflow UI: `mlflow server` on the tiny profile's finished store, opened in headless
 Chromium (Debian's, installed by .ci/system-packages.sh) through Playwright, as a user opens it.
 
-Screenshots go to $SCREENSHOT_DIR (default build/screenshots/ in the checkout), which CI keeps as artifacts."""
+Screenshots go to $SCREENSHOT_DIR (default build/screenshots/ in the checkout), which CI keeps as artifacts.
+$MLFLOW_UI_WORKSPACE names another finished workspace (its mlflow.db, experiment and variants from its params.yaml)
+to check instead of the tiny run; the README's pictures come from the default profile's:
+
+    MLFLOW_UI_WORKSPACE=build/stages-default SCREENSHOT_DIR=docs pytest tests/test_browser.py
+"""
 
 from __future__ import annotations
 
@@ -10,37 +15,50 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from pipeline import tracking
+from pipeline.server import free_port
+from tests.workspaces import stage_env, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "build" / "screenshots"))
-VARIANTS = ("baseline", "classic", "gan")  # the tiny profile's
+WORKSPACE = os.environ.get("MLFLOW_UI_WORKSPACE")
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium: run .ci/system-packages.sh")]
 
 
 @pytest.fixture(scope="module")
-def ui(tiny_run: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on loopback over the tiny run's store: the UI's address."""
-    workspace, env = tiny_run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def finished(request: pytest.FixtureRequest, omniglot_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The finished workspace whose store the UI shows (the tiny run's unless $MLFLOW_UI_WORKSPACE), and the
+    environment of its commands."""
+    if WORKSPACE is None:
+        return request.getfixturevalue("tiny_run")
+    return Path(WORKSPACE).resolve(), stage_env(omniglot_dir)
+
+
+@pytest.fixture(scope="module")
+def params(finished: tuple[Path, dict[str, str]]) -> dict:
+    return yaml.safe_load((finished[0] / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def ui(finished: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on loopback over the finished run's store: the UI's address."""
+    workspace, env = finished
+    port = free_port()
     log_path = tmp_path_factory.mktemp("ui") / "server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
@@ -49,15 +67,7 @@ def ui(tiny_run: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathF
                                   start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/health", timeout=2):
-                        break
-                except OSError:
-                    assert server.poll() is None, log_path.read_text()[-3000:]
-                    assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
-                    time.sleep(0.5)
+            wait_until_up(url, server, log_path, 120)
             yield url
         finally:
             os.killpg(server.pid, signal.SIGTERM)
@@ -72,9 +82,9 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-def latest_pipeline_run(ui: str) -> tuple[str, Run, list[Run]]:
+def latest_pipeline_run(ui: str, params: dict) -> tuple[str, Run, list[Run]]:
     client = MlflowClient(ui)
-    experiment = client.get_experiment_by_name("omniglot-oneshot-tiny")
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     assert experiment is not None
     (pipeline,) = client.search_runs([experiment.experiment_id], "tags.kind = 'pipeline'", max_results=1,
                                      order_by=["attributes.start_time DESC"])
@@ -93,10 +103,10 @@ def page_of(browser: Browser, url: str) -> Page:
     return page
 
 
-def test_the_runs_table_shows_the_tree_and_the_headline(ui: str, browser: Browser) -> None:
+def test_the_runs_table_shows_the_tree_and_the_headline(ui: str, params: dict, browser: Browser) -> None:
     """The view the evaluate stage shares: each variant's acc_20way in a column, no column picked by hand, and
     the variant runs (with the generators' and the reference's trainings) under their pipeline run."""
-    experiment_id, pipeline, children = latest_pipeline_run(ui)
+    experiment_id, pipeline, children = latest_pipeline_run(ui, params)
     view = MlflowClient(ui).get_experiment(experiment_id).tags[f"mlflow.sharedViewState.{tracking.HEADLINE_VIEW}"]
     assert "metrics.`acc_20way`" in json.loads(view)["selectedColumns"]
     page = page_of(browser, f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={tracking.HEADLINE_VIEW}")
@@ -120,14 +130,14 @@ def test_the_runs_table_shows_the_tree_and_the_headline(ui: str, browser: Browse
         numbers = [float(n) for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", line)]
         assert any(abs(n - child.data.metrics["acc_20way"]) < 5e-4 for n in numbers), (variant, line)
         assert any(r.startswith("#") and re.search(rf"\s{variant}\s", r) for r in rows), "its name, in the tree"
-    assert {c.data.tags["variant"] for c in children} == set(VARIANTS)
+    assert {c.data.tags["variant"] for c in children} == set(params["variants"])
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "mlflow-runs.png"))
     page.close()
 
 
-def test_the_compare_view_shows_each_variants_headline(ui: str, browser: Browser) -> None:
-    experiment_id, _, children = latest_pipeline_run(ui)
+def test_the_compare_view_shows_each_variants_headline(ui: str, params: dict, browser: Browser) -> None:
+    experiment_id, _, children = latest_pipeline_run(ui, params)
     ids = json.dumps([c.info.run_id for c in children]).replace(" ", "")
     page = page_of(browser, f"{ui}/#/compare-runs?runs={ids}&experiments=[\"{experiment_id}\"]")
     metric = page.get_by_text("acc_20way", exact=True).last

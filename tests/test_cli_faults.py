@@ -16,7 +16,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 from pipeline import cli, inference
 from pipeline.checkpoints import FILENAME
+from pipeline.server import free_port
 from tests.drawings import class_folders, write_drawing, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,12 +296,6 @@ def test_verify_of_a_blank_image_warns(workspace: Path, capsys: pytest.CaptureFi
 
 # ---------------------------------------------------------------------------- an MLflow server that does not answer
 
-
-def free_port() -> int:
-    """A port on this machine that nobody listens on (the kernel's pick, closed again)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_an_unreachable_tracking_server_is_one_error_line(workspace: Path, model: inference.TrainedModel,

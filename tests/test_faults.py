@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from pipeline.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -265,9 +266,7 @@ def test_a_killed_evaluate_keeps_the_last_metrics(workspace: tuple[Path, dict[st
 def test_an_unreachable_tracking_server_stops_the_run_before_anything_changes(
         workspace: tuple[Path, dict[str, str]]) -> None:
     ws, env = workspace
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     server = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     before = snapshot(ws)
     set_param(ws, "evaluation.n_episodes", 30)

@@ -36,7 +36,8 @@ from pipeline.data.omniglot import ClassInfo, list_zip
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.export import OnnxModel
 from pipeline.profile import make_workspace
-from tests.workspaces import copy_workspace, episode_folders, stage_env
+from pipeline.server import free_port
+from tests.workspaces import copy_workspace, episode_folders, stage_env, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -454,23 +455,13 @@ def test_the_champion_serves_on_loopback_as_oneshot_predict_answers(tiny_run: tu
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}"}
     uri = f"models:/{TINY_MODEL}@champion"
     (folder,) = episode_folders(tmp_path, omniglot_zips["images_evaluation"], 1, 20, seed=7)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
-                time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}", server, tmp_path / "serve.log", 180, path="/ping")
         frame, queries = request_frame(folder)
         body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,

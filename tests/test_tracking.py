@@ -29,6 +29,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline import tracking
 from pipeline.config import TrackingConfig
+from pipeline.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # Read by tracking.py or MLflow, or exported by mlflow.set_tracking_uri / set_experiment; git's own
@@ -69,12 +70,6 @@ def store_root(tmp_path: Path, migrated_store: Path) -> Path:
     shutil.copy(migrated_store, tmp_path / "mlflow.db")
     return tmp_path
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on: the OS picked it free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- where runs go --------------------------------------------------------------------------------------------

@@ -1,15 +1,20 @@
 """Finished pipeline workspaces for tests: the environment their `dvc` commands run in, copies to change, and
-one-shot episodes of real drawings as the image folders a user gives `oneshot-gda`."""
+one-shot episodes of real drawings as the image folders a user gives `oneshot-gda`, and the wait for a server
+started on loopback."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.server import healthy
 
 
 def stage_env(omniglot_dir: Path) -> dict[str, str]:
@@ -51,3 +56,13 @@ def episode_folders(root: Path, zip_path: Path, n_episodes: int, n_way: int, see
                     path.write_bytes(archive.read(data))
             folders.append(folder)
     return folders
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float, path: str = "/health") -> None:
+    """Wait for a server we started to answer `url` + `path`; fail with the end of its log if it exits or is
+    still silent after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not healthy(url, path):
+        assert server.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"{url}{path} did not answer in {seconds:.0f} s"
+        time.sleep(0.5)
