@@ -8,7 +8,7 @@ Runs the pipeline once per (mode, seed) in a workspace of its own, one DVC exper
 each with `siamese.seed` (and `siamese.max_steps`, longer than the tiny profile's 30) set. Prints, per variant,
 acc_20way of both modes per seed and the paired difference (ddp - one) over the seeds, and each mode's wall time.
 
-    python benchmarks/distributed.py --profile tiny --steps 300 --seeds 0 1 --workspace build/distributed
+    python benchmarks/distributed.py --profile tiny --steps 300 --seeds 0 1 2 --episodes 500
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--profile", default="tiny", help="a profile of profiles/ (default: tiny)")
     ap.add_argument("--steps", type=int, default=300, help="siamese.max_steps of every run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="siamese.seed values, paired across modes")
+    ap.add_argument("--episodes", type=int, help="evaluation.n_episodes of every run (default: the profile's); "
+                    "more episodes, a narrower CI per run")
     ap.add_argument("--workspace", type=Path, default=experiments.ROOT / "build" / "distributed")
     ap.add_argument("--keep", action="store_true", help="reuse the workspace and the experiments already run")
     args = ap.parse_args()
@@ -57,8 +59,9 @@ def main() -> None:
             name = f"{mode}-s{seed}"
             reused = args.keep and name in experiments.existing(ws, env)
             start = time.perf_counter()
+            episodes = {} if args.episodes is None else {"evaluation.n_episodes": args.episodes}
             result = experiments.run_experiment(ws, name, {"siamese.seed": seed, "siamese.max_steps": args.steps,
-                                                           **extra}, env, reuse=args.keep)
+                                                           **episodes, **extra}, env, reuse=args.keep)
             if not reused:
                 seconds[name] = time.perf_counter() - start
             for variant, m in result["metrics"].items():

@@ -38,6 +38,9 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # Lightning 2.6 still builds torch's LeafSpec, which torch 2.13 deprecates: a warning in every fit about
 # Lightning's internals, which nothing in this project can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+# Lightning 2.6's `all_gather(..., sync_grads=True)` (the classifiers' loss under DDP) calls torch's
+# `torch.distributed.nn.functional.all_gather`, which torch 2.13 deprecates: once a fit per process, about Lightning.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 
 def is_rank_zero() -> bool:

@@ -633,33 +633,49 @@ def test_a_diverging_fit_stops_with_the_learning_rate_to_lower() -> None:
                 [], enable_progress_bar=False)  # the same fit at a sane rate runs to the end
 
 
+def _class_pools(n: int) -> list[np.ndarray]:
+    """n classes of 3 images each, every image unlike any other: [3, 1, SIZE, SIZE] uint8 per class."""
+    return [np.full((3, 1, SIZE, SIZE), 40 * c, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None]
+            for c in range(n)]
+
+
 def _first_batches(rank: int, world: int, folder: Path) -> None:
-    """One process of a real gloo process group: the first batch of each stream, as training would draw it."""
+    """One process of a real gloo process group: the first batches of each stream, as training would draw them."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder / 'group'}", rank=rank,
                                          world_size=world)
     try:
-        pools = [np.full((3, 1, SIZE, SIZE), 40 * c, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None]
-                 for c in range(6)]
-        pair = next(iter(PairBatches(pools, 4, seed=3)))[0]
+        pools = _class_pools(6)
+        pairs = PairBatches(pools, 2, seed=3)
+        pair = [torch.cat(b) for b in islice(iter(pairs), 3)]
+        # in a spawned loader worker, which is not in the process group: the stream knows its place all the same
+        worker_pair = next(iter(torch.utils.data.DataLoader(pairs, batch_size=None, num_workers=1)))
         images = np.concatenate(pools)
         labels = np.repeat(np.arange(6), 3)
         loader = torch.utils.data.DataLoader(SameClassPairs(images, labels, 5, seed=3), batch_size=None, num_workers=1)
         same = next(iter(loader))[0]
-        torch.save((pair, same), folder / f"rank{rank}.pt")
+        torch.save((pair, torch.cat(worker_pair), same), folder / f"rank{rank}.pt")
+        with pytest.raises(ValueError, match=r"siamese.batch_classes=4 x 2 processes = 8 classes a step is larger "
+                                             r"than the 6 training classes; lower it to at most 3"):
+            next(iter(PairBatches(pools, 4, seed=3)))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_each_process_of_a_distributed_run_draws_its_own_batches(tmp_path: Path) -> None:
-    """Under DDP every process builds the same streams: seeded by rank, rank 1 draws other batches than rank 0
-    (also in a loader worker), and rank 0 draws exactly what a single process draws."""
+def test_the_processes_of_a_distributed_run_share_one_global_batch(tmp_path: Path) -> None:
+    """Under DDP each process keeps its slice of one global pair batch: rank 0's and rank 1's batches, in rank
+    order, are the batch a single process draws with twice the classes (also from a loader worker), so the
+    gathered loss sees what one process would. The generators' streams are each process's own: rank 0 draws
+    exactly what a single process draws, rank 1 other batches."""
     torch.multiprocessing.spawn(_first_batches, args=(2, tmp_path), nprocs=2)
-    (pair0, same0), (pair1, same1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    pools = [np.full((3, 1, SIZE, SIZE), 40 * c, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None]
-             for c in range(6)]
+    (pair0, worker0, same0), (pair1, worker1, same1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    pools = _class_pools(6)
+    single = [torch.cat(b) for b in islice(iter(PairBatches(pools, 4, seed=3)), 3)]
+    for step in range(3):  # [x1; x2] of 2 classes on each rank, of 4 in one process
+        x1 = torch.cat([pair0[step][:2], pair1[step][:2]])
+        x2 = torch.cat([pair0[step][2:], pair1[step][2:]])
+        assert torch.equal(torch.cat([x1, x2]), single[step])
+    assert torch.equal(torch.cat([worker0[:2], worker1[:2], worker0[2:], worker1[2:]]), single[0])
     labels = np.repeat(np.arange(6), 3)
-    single_pair = next(iter(PairBatches(pools, 4, seed=3)))[0]
     single_same = next(iter(torch.utils.data.DataLoader(SameClassPairs(np.concatenate(pools), labels, 5, seed=3),
                                                         batch_size=None, num_workers=1)))[0]
-    assert torch.equal(pair0, single_pair) and torch.equal(same0, single_same)
-    assert not torch.equal(pair0, pair1) and not torch.equal(same0, same1)
+    assert torch.equal(same0, single_same) and not torch.equal(same0, same1)

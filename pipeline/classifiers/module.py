@@ -11,7 +11,7 @@ one cycle.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +22,7 @@ from pipeline.classifiers.fewshot import episode_scores_accuracy
 from pipeline.classifiers.network import SiameseNet
 from pipeline.classifiers.verification import TARGET_PATTERN, TARGETS
 from pipeline.config import _check, positive
+from pipeline.data.batches import distributed_place
 from pipeline.data.episodes import Episodes
 
 LOSSES = ("contrastive", "bce", "triplet", "proto")
@@ -101,6 +102,11 @@ class SiameseModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x1, x2 = batch  # [P, C, S, S] each; row i of both is class i
         e1, e2 = self.net.embed(x1), self.net.embed(x2)
+        if distributed_place()[1] > 1:
+            # Each of W processes embedded its P classes of one global batch (`PairBatches`): the loss is scored
+            # over all W x P, the others' classes as negatives, as a single process would. The gathered copies
+            # carry their gradients back (summed over the W losses, which DDP's average then divides by W).
+            e1, e2 = (cast(torch.Tensor, self.all_gather(e, sync_grads=True)).flatten(0, 1) for e in (e1, e2))
         sim = self.net.similarity(e1, e2)  # [P, P]
         # Mined for every loss: the proto loss does not use it, but the logged gap below is then the same
         # quantity whatever the loss, so learning curves compare across losses.

@@ -14,30 +14,35 @@ import torch
 from pipeline.data.images import to_tensor
 
 
-def distributed_rank() -> int:
-    """This process's global rank in a distributed run (Lightning's DDP, torchrun), 0 in a single process."""
+def distributed_place() -> tuple[int, int]:
+    """This process's global rank in a distributed run (Lightning's DDP, torchrun) and the number of processes;
+    (0, 1) in a single process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return 0
+        return int(torch.distributed.get_rank()), int(torch.distributed.get_world_size())
+    return 0, 1
 
 
 class RankSeeded(torch.utils.data.IterableDataset):
-    """A batch stream whose seed sequence takes in, in a distributed run, the rank of the process that trains on
-    it, so that every process draws batches of its own. The rank is read where the stream is iterated, or where
-    it is pickled for a spawned loader worker (which is not in the process group itself)."""
+    """A batch stream that knows, in a distributed run, the rank of the process that trains on it and how many
+    processes there are. Both are read where the stream is iterated, or where it is pickled for a spawned loader
+    worker (which is not in the process group itself)."""
 
     seed: int
-    rank: int | None = None
+    place: tuple[int, int] | None = None  # (rank, world size), fixed when pickled for a worker
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
-        state["rank"] = distributed_rank() if self.rank is None else self.rank
+        state["place"] = self.process_place()
         return state
 
+    def process_place(self) -> tuple[int, int]:
+        """(rank, world size) of the process this stream serves."""
+        return distributed_place() if self.place is None else self.place
+
     def stream_seed(self, worker: int) -> list[int]:
-        """`seed`, the loader worker, and the rank if not 0: rank 0, and a single process, draw what they always
-        drew."""
-        rank = distributed_rank() if self.rank is None else self.rank
+        """`seed`, the loader worker, and the rank if not 0: every process draws batches of its own, and rank 0,
+        like a single process, what a single process always drew."""
+        rank = self.process_place()[0]
         return [self.seed, worker] + ([rank] if rank else [])
 
 
@@ -55,16 +60,18 @@ class PairBatches(RankSeeded):
     synthetic drawings, or all real images). The two images of a class are distinct when the pool
     has more than one; each then goes through `transform` (an albumentations pipeline) if given.
     `key`: the param that set `batch_classes`, named in the error when there are too few classes.
+
+    In a distributed run of W processes every process draws the same global batch of W x P distinct classes and
+    keeps its own P of them (rank r: rows r*P to r*P + P), so the processes' batches, gathered in rank order, are
+    exactly the batch a single process draws with W x P classes: `SiameseModule` gathers the embeddings and
+    scores the loss over all of them, with the other processes' classes as negatives, as one process would.
     """
 
     def __init__(self, pools: list[np.ndarray], batch_classes: int, seed: int,
                  transform: Callable[..., dict[str, np.ndarray]] | None = None, key: str = "siamese.batch_classes"):
         super().__init__()
-        if batch_classes > len(pools):
-            raise ValueError(
-                f"{key}={batch_classes} is larger than the {len(pools)} training classes; "
-                f"lower it to at most {len(pools)}"
-            )
+        self.key = key
+        self._check_classes(len(pools), batch_classes, 1)
         if any(len(p) == 0 for p in pools):
             raise ValueError("a training class has no images")
         self.pools = pools
@@ -72,26 +79,34 @@ class PairBatches(RankSeeded):
         self.seed = seed
         self.transform = transform
 
+    def _check_classes(self, n: int, batch_classes: int, world: int) -> None:
+        if batch_classes * world > n:
+            processes = f" x {world} processes = {batch_classes * world} classes a step" if world > 1 else ""
+            raise ValueError(
+                f"{self.key}={batch_classes}{processes} is larger than the {n} training classes; "
+                f"lower it to at most {n // world}"
+            )
+
     def _augment(self, image: np.ndarray) -> np.ndarray:
         return image if self.transform is None else apply_transform(self.transform, image)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
-        key = self.stream_seed(worker)
-        rng = np.random.default_rng(key)
+        rank, world = self.process_place()
+        n, p = len(self.pools), self.batch_classes
+        self._check_classes(n, p, world)
+        rng = np.random.default_rng([self.seed, worker])  # one stream of global batches, the same in every process
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            rank = key[2] if len(key) > 2 else 0
             self.transform.set_random_seed(self.seed * 1000 + worker + 1_000_003 * rank)
-        n = len(self.pools)
         while True:
-            classes = rng.choice(n, size=self.batch_classes, replace=False)
+            classes = rng.choice(n, size=p * world, replace=False)
+            picks = [rng.choice(len(self.pools[c]), size=2, replace=False) if len(self.pools[c]) > 1 else (0, 0)
+                     for c in classes]
             first, second = [], []
-            for c in classes:
-                pool = self.pools[c]
-                i, j = rng.choice(len(pool), size=2, replace=False) if len(pool) > 1 else (0, 0)
-                first.append(self._augment(pool[i]))
-                second.append(self._augment(pool[j]))
+            for c, (i, j) in list(zip(classes, picks, strict=True))[rank * p:(rank + 1) * p]:
+                first.append(self._augment(self.pools[c][i]))
+                second.append(self._augment(self.pools[c][j]))
             yield to_tensor(np.stack(first)), to_tensor(np.stack(second))
 
 
