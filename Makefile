@@ -73,6 +73,13 @@ test: setup system    ## lint, type-check and the test suite (includes dvc repro
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# `dvc exp show --only-changed` without the columns no one reads side by side: dependency hashes (a path, no
+# `file:` key), params.yaml's hash, Created, and every headline metric but acc_20way (`dvc exp diff <exp>` has them
+# all, a row each). Left: the experiments, the params they changed and each changed variant's acc_20way.
+EXPS_DROP = [^:]*/[^:]*$$|params\.yaml$$|Created$$|.*:(?!acc_20way$$)|(delta_vs|acc)_(?!20way$$)\w+$$
+exps:                 ## the experiments side by side: changed params and each changed variant's acc_20way
+	dvc exp show --only-changed --drop '$(EXPS_DROP)' $(ARGS)
+
 ui: setup             ## the MLflow UI on the default store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath .)/mlflow.db
 

@@ -11,10 +11,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -412,6 +410,14 @@ def test_temporary_dvc_experiment_logs_into_the_workspace_store(tiny_run: tuple[
         training = client.get_run(variant_run.data.tags["training_run_id"])
         assert training.data.tags["run_group"] in first
     assert not list(workspace.glob(".dvc/tmp/exps/**/mlflow.db"))
+    # `make exps`: the experiment beside the workspace, the changed param and each variant's acc_20way, no
+    # dependency hash, no other metric, within 200 columns on a wide terminal
+    shown = run(["make", "-s", "exps", "ARGS=--no-pager"], workspace, env | {"COLUMNS": "400"}).stdout.splitlines()
+    header = next(line for line in shown if "Experiment" in line).split()
+    assert header == ["Experiment", *(f"reports/headline/{v}.json:acc_20way" for v in sorted(TINY_VARIANTS)),
+                      "evaluation.n_episodes"], header
+    assert any("[fewer-episodes]" in line for line in shown) and not any(".dir" in line for line in shown)
+    assert max(len(line.rstrip()) for line in shown) <= 200, "\n".join(shown)
 
 
 # ---------------------------------------------------------------------------- the model a user takes away
