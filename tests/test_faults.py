@@ -286,13 +286,18 @@ def test_two_dvc_repro_at_once_the_second_stops_on_dvcs_lock(workspace: tuple[Pa
     set_param(ws, "siamese.max_steps", 800)  # still training when the second reaches the stage, on a slow machine
     first = subprocess.Popen([str(BIN / "dvc"), "repro", "train_classifier@classic"], cwd=ws, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = stage_pid("stages.train_classifier --variant classic .*--out models/classifiers/classic")
-    second = dvc(ws, env, "repro", "train_classifier@classic")
-    assert alive(pid), "the first finished before the second reached the stage: the test proves nothing"
-    assert second.returncode != 0 and "is busy, it is being blocked by" in second.stderr, second.stderr[-1500:]
-    assert f"(PID {first.pid})" in second.stderr
-    # 800 steps: ~2 min where the CPU has bf16 in hardware, ~8 min where it is emulated (AVX2 only, e.g. Zen 3)
-    err = first.communicate(timeout=1200)[1]
+    try:
+        pid = stage_pid("stages.train_classifier --variant classic .*--out models/classifiers/classic")
+        second = dvc(ws, env, "repro", "train_classifier@classic")
+        assert alive(pid), "the first finished before the second reached the stage: the test proves nothing"
+        assert second.returncode != 0 and "is busy, it is being blocked by" in second.stderr, second.stderr[-1500:]
+        assert f"(PID {first.pid})" in second.stderr
+        # 800 steps: ~2 min where the CPU has bf16 in hardware, ~8 min where it is emulated (AVX2 only, e.g. Zen 3)
+        err = first.communicate(timeout=1200)[1]
+    finally:  # a failed check leaves no training behind to slow the tests after it
+        if first.poll() is None:
+            first.terminate()
+            first.wait(timeout=60)
     assert first.returncode == 0, err[-2000:]
     assert temporaries(ws) == [] and running_runs(ws) == []
     restore_and_repro(ws, env)
