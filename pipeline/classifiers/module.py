@@ -107,7 +107,7 @@ class SiameseModule(pl.LightningModule):
             # over all W x P, the others' classes as negatives, as a single process would. The gathered copies
             # carry their gradients back (summed over the W losses, which DDP's average then divides by W).
             e1, e2 = (cast(torch.Tensor, self.all_gather(e, sync_grads=True)).flatten(0, 1) for e in (e1, e2))
-        sim = self.net.similarity(e1, e2)  # [P, P]
+        sim = self.net.similarity(e1, e2)  # [P, P]; under DDP P is the whole global batch's classes
         # Mined for every loss: the proto loss does not use it, but the logged gap below is then the same
         # quantity whatever the loss, so learning curves compare across losses.
         neg = pick_negatives(sim, self.cfg.mining)
