@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from pipeline.checkpoints import FILENAME, CheckpointError, save_checkpoint
 from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
-from pipeline.classifiers.module import LOSSES, SiameseConfig, SiameseModule
+from pipeline.classifiers.module import LOSSES, SiameseConfig, SiameseModule, pick_negatives
 from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
 from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import ParamsError, TrainerConfig, from_dict
@@ -679,3 +679,19 @@ def test_the_processes_of_a_distributed_run_share_one_global_batch(tmp_path: Pat
     single_same = next(iter(torch.utils.data.DataLoader(SameClassPairs(np.concatenate(pools), labels, 5, seed=3),
                                                         batch_size=None, num_workers=1)))[0]
     assert torch.equal(same0, single_same) and not torch.equal(same0, same1)
+
+
+def test_hard_mining_picks_the_hardest_negative_at_bf16_resolution_in_either_precision() -> None:
+    """Row i's negative is the most similar other class; similarities closer than bf16 resolves are a tie that goes
+    to the first column, whether the matrix is fp32 (32-true) or bf16 (autocast), and the matrix is left as it was."""
+    sim = torch.tensor([[0.90, 0.20, 0.70, 0.7001],   # 0.7 and 0.7001 round to one bf16 value: the first wins
+                        [0.10, 0.95, 0.30, 0.60],
+                        [0.50, 0.40, 0.99, 0.45],
+                        [0.30, 0.80, 0.20, 0.97]])
+    before = sim.clone()
+    expected = torch.tensor([2, 3, 0, 1])
+    torch.testing.assert_close(pick_negatives(sim, "hard"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(pick_negatives(sim.bfloat16(), "hard"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(sim, before, rtol=0, atol=0)
+    random = pick_negatives(sim, "random", torch.Generator().manual_seed(0))
+    assert (random != torch.arange(4)).all()

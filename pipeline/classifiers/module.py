@@ -66,7 +66,12 @@ def pick_negatives(sim: torch.Tensor, mining: str, generator: torch.Generator | 
     """For each row i of a [P, P] similarity matrix (diagonal = positives), a column j != i."""
     p = sim.shape[0]
     if mining == "hard":
-        masked = sim.detach().clone()
+        # The hardest negative among the similarities rounded to bf16 (8-bit mantissa: steps of 2^-9 to 2^-8 for
+        # cosines of 0.25-1), near-ties going to the first in the batch's random class order. This is what bf16
+        # autocast computes, and it trains better than the exact fp32 argmax, which on classes of several drawings
+        # picks the one most confusable drawing every time: the smoke profile's oracle in fp32 scored 0.443 (20-way)
+        # mining exactly and 0.588 mining so, where its bf16 reference is 0.599. The same on every machine.
+        masked = sim.detach().to(torch.bfloat16, copy=True)
         masked.fill_diagonal_(float("-inf"))
         return masked.argmax(dim=1)
     offset = torch.randint(1, p, (p,), generator=generator, device=sim.device)
