@@ -23,9 +23,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.server import free_port, healthy
+from pipeline.server import free_port
 from pipeline.server import query as server_query
-from tests.workspaces import episode_folders
+from tests.workspaces import episode_folders, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -181,11 +181,7 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, Path, Callable[[], subpro
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.server", "--folder", str(folder), "--port",
                                  str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         started.append(proc)
-        deadline = time.monotonic() + 240
-        while not healthy(url):
-            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "the team server did not answer /health in 240 s"
-            time.sleep(0.5)
+        wait_until_up(url, proc, Path(log.name), 240)
         return proc
 
     yield url, folder, start
