@@ -145,7 +145,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: int | str = 1
     strategy: str = "auto"
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # bf16-mixed where the hardware has bf16, else 32-true (pipeline/hardware.py)
     num_nodes: int = 1
     channels_last: bool = True
     num_threads: int | None = None  # torch intra-op threads; null keeps torch's default
@@ -166,9 +166,10 @@ class TrainerConfig:
                    "an accelerator this machine has: none of that kind is visible to torch here (use cpu, or auto)")
 
 
-# Lightning's accelerator names and precision settings (`lightning.Trainer`'s `accelerator`, `precision`).
+# Lightning's accelerator names and precision settings (`lightning.Trainer`'s `accelerator`, `precision`), and
+# the pipeline's own `auto` precision (`hardware.resolve_precision`).
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
-PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
+PRECISIONS = ("auto", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
 
 
 def check_precision(value: str, key: str) -> None:

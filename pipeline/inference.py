@@ -58,7 +58,7 @@ class TrainedModel:
     spec: ImageSpec  # how its training images were preprocessed: every input image goes the same way
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, C, S, S] -> float32 [N, D], as evaluation embeds (`embed_all`, bf16 autocast)."""
+        """uint8 [N, C, S, S] -> float32 [N, D], as evaluation embeds (`embed_all`: bf16 where the hardware has it)."""
         from pipeline.classifiers.fewshot import embed_all
         from pipeline.data.images import to_tensor
 

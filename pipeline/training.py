@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import TrainerConfig
+from pipeline.hardware import resolve_precision
 from pipeline.io import atomic_dir
 
 
@@ -78,7 +79,7 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 
 def prepare_model(model: M, cfg: TrainerConfig) -> M:
-    """channels_last lets oneDNN pick its fastest bf16 convolutions on CPUs with AMX/AVX-512."""
+    """channels_last lets oneDNN pick its fastest convolutions: bf16 on CPUs with AMX/AVX-512, fp32 too."""
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model  # type: ignore[call-overload]
 
 
@@ -112,11 +113,14 @@ def build_trainer(cfg: TrainerConfig, max_steps: int, loggers: list[Any], val_ev
     """A Trainer whose hardware settings come straight from params `trainer`; `guard` stops it on a NaN loss."""
     if guard is not None:
         kwargs["callbacks"] = [guard, *kwargs.get("callbacks", [])]
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    for logger in loggers:  # which precision `auto` gave on this machine, beside the params
+        logger.log_hyperparams({"trainer.precision_used": precision})
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         strategy=cfg.strategy,
-        precision=cfg.precision,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         num_nodes=cfg.num_nodes,
         max_steps=max_steps,
         max_epochs=1,  # the batch streams are endless: max_steps ends training within this one "epoch"

@@ -33,6 +33,7 @@ from pipeline.data.images import to_tensor
 from pipeline.data.omniglot import ClassInfo, list_zip
 from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_accuracy
 from pipeline.export import OnnxModel
+from pipeline.hardware import resolve_precision
 from pipeline.profile import make_workspace
 from pipeline.server import free_port
 from tests.workspaces import copy_workspace, episode_folders, stage_env, wait_until_up
@@ -568,6 +569,13 @@ def test_every_run_names_params_alike_and_records_its_data(tiny_run: tuple[Path,
         assert context == ("evaluation" if r.data.tags["kind"] in ("pipeline", "variant") else "training")
         if r.data.tags["kind"] in ("training", "generator", "reference"):
             assert any(k.startswith("system/cpu_utilization") for k in r.data.metrics), r.info.run_name
+    # Each training logs the precision `auto` gave on this machine; the VAE's own params fix it to fp32.
+    auto = resolve_precision("auto")
+    used = {(r.data.tags["kind"], r.data.tags.get("generator", r.data.tags.get("variant"))):
+            r.data.params["trainer.precision_used"] for r in runs
+            if r.data.tags["kind"] in ("training", "generator", "reference")}
+    assert used.pop(("generator", "vae")) == "32-true", used
+    assert set(used.values()) == {auto} and ("generator", "gan") in used and ("reference", None) in used, used
     gan_training = next(r for r in runs if r.data.tags["kind"] == "generator")
     gan_variant = next(r for r in runs if r.data.tags["kind"] == "variant" and r.data.tags["variant"] == "gan")
     assert gan_training.data.params["generator.gan.widths"] == gan_variant.data.params["generator.gan.widths"]

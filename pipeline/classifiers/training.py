@@ -19,6 +19,7 @@ from pipeline.data.batches import PairBatches
 from pipeline.data.episodes import sample_episodes
 from pipeline.data.fewshot import DataError, FewShotSet
 from pipeline.data.images import to_tensor
+from pipeline.hardware import resolve_precision
 from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
 
 
@@ -69,7 +70,8 @@ def fit_siamese(pools: list[np.ndarray], cfg: SiameseConfig, trainer_cfg: Traine
     batches = PairBatches(pools, cfg.batch_classes, cfg.seed, None if per_batch else transform,
                           key=f"{params_key}.batch_classes")
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
-    fp32 = "" if "32" in str(trainer_cfg.precision) else ", or train in fp32 (`trainer.precision: 32-true`)"
+    fp32 = ("" if "32" in resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator)
+            else ", or train in fp32 (`trainer.precision: 32-true`)")
     guard = FiniteLosses(f"{params_key} classifier", f"lower `{params_key}.lr` (now {cfg.lr:g}){fp32}")
     trainer = build_trainer(trainer_cfg, cfg.max_steps, loggers, val_every=cfg.val_every if val_data else None,
                             guard=guard, **trainer_kwargs)

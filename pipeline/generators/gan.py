@@ -69,7 +69,7 @@ class GANConfig:
     betas: tuple[float, float] = (0.0, 0.9)
     max_steps: int = 2000  # generator updates
     seed: int = 0
-    precision: str | None = "bf16-mixed"  # overrides of params `trainer` (benchmarks/precision.py)
+    precision: str | None = "auto"  # overrides of params `trainer` (benchmarks/precision.py)
     channels_last: bool | None = False
 
     def validate(self, key: str) -> None:

@@ -16,6 +16,7 @@ from pipeline.data.batches import SameClassPairs
 from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import get_family
 from pipeline.generators.synthesis import synthesize_from_exemplars
+from pipeline.hardware import resolve_precision
 from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
 
 
@@ -46,7 +47,8 @@ def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: Trainer
     steps = cfg.max_steps * getattr(module, "optimizer_steps_per_batch", 1)
     rates = ", ".join(f"`generator.{name}.{k}` (now {getattr(cfg, k):g})" for k in ("lr", "lr_generator", "lr_critic")
                       if hasattr(cfg, k))
-    fp32 = "" if "32" in str(trainer_cfg.precision) else f", or train in fp32 (`generator.{name}.precision: 32-true`)"
+    fp32 = ("" if "32" in resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator)
+            else f", or train in fp32 (`generator.{name}.precision: 32-true`)")
     guard = FiniteLosses(f"generator {name}", f"lower {rates}{fp32}")
     if trainer_cfg.strategy == "ddp" and not module.automatic_optimization:
         # A GAN steps the critic and the generator in turn: each backward leaves the other network's weights
