@@ -29,6 +29,7 @@ from pipeline.generators.gan import (
     build,
     draw_target_errors,
 )
+from pipeline.generators.training import expecting_unused_parameters
 from tests.drawings import blobs
 
 SIZE, NOISE, WIDTHS, FLOW = 16, 4, (8, 16), 4
@@ -547,3 +548,17 @@ def test_load_at_another_image_size(channels: int, tmp_path: Path) -> None:
         assert out.shape == (2, 4, channels, size, size)
     with pytest.raises(ValueError, match="image_size=30 must be divisible by 4"):
         load_generator(tmp_path, image_size=30)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
+                                      "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true"])
+def test_every_ddp_launcher_is_told_the_gan_leaves_parameters_unused(strategy: str) -> None:
+    """Whichever DDP launcher the params name, the GAN gets its variant that expects unused parameters, and
+    Lightning knows the name; other strategies pass through."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    told = expecting_unused_parameters(strategy)
+    assert told.endswith("_find_unused_parameters_true") and told.startswith(strategy.split("_find")[0])
+    assert told in StrategyRegistry.available_strategies()
+    for other in ("auto", "single_device", "deepspeed"):
+        assert expecting_unused_parameters(other) == other

@@ -19,6 +19,19 @@ from pipeline.generators.synthesis import synthesize_from_exemplars
 from pipeline.hardware import resolve_precision
 from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
 
+# Lightning's DDP launchers, each with a variant that expects parameters without gradients in a backward pass.
+DDP_LAUNCHERS = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def expecting_unused_parameters(strategy: str) -> str:
+    """The DDP strategy `strategy` told to expect unused parameters (any other strategy as it is).
+
+    A GAN steps the critic and the generator in turn: each backward leaves the other network's weights without
+    gradients, which DDP must be told to expect or it stops at the second step.
+    """
+    launcher = strategy.removesuffix("_find_unused_parameters_false").removesuffix("_find_unused_parameters_true")
+    return f"{launcher}_find_unused_parameters_true" if launcher in DDP_LAUNCHERS else strategy
+
 
 def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: TrainerConfig,
                   loggers: list[Any]) -> tuple[nn.Module, float]:
@@ -50,10 +63,8 @@ def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: Trainer
     fp32 = ("" if "32" in resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator)
             else f", or train in fp32 (`generator.{name}.precision: 32-true`)")
     guard = FiniteLosses(f"generator {name}", f"lower {rates}{fp32}")
-    if trainer_cfg.strategy == "ddp" and not module.automatic_optimization:
-        # A GAN steps the critic and the generator in turn: each backward leaves the other network's weights
-        # without gradients, which DDP must be told to expect.
-        trainer_cfg = dataclasses.replace(trainer_cfg, strategy="ddp_find_unused_parameters_true")
+    if not module.automatic_optimization:
+        trainer_cfg = dataclasses.replace(trainer_cfg, strategy=expecting_unused_parameters(trainer_cfg.strategy))
     trainer = build_trainer(trainer_cfg, steps, loggers, guard=guard)
     start = time.perf_counter()
     trainer.fit(module, loader)
