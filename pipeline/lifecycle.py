@@ -79,12 +79,14 @@ def _report(kind: type[BaseException], exc: BaseException, tb: TracebackType | N
 def lost_server(exc: BaseException) -> str:
     """The connection failure, when `exc` (or what caused it) is MLflow giving up on an HTTP tracking server that
     stopped answering; else ''."""
+    import requests  # MLflow's HTTP client: loaded already wherever a tracking server was spoken to
+
     seen: BaseException | None = exc
-    while seen is not None:
-        text = str(seen)
-        if type(seen).__name__ == "MlflowException" and "API request to" in text and (
-                "Max retries exceeded" in text or "Connection refused" in text or "Connection aborted" in text):
-            return "connection refused" if "refused" in text else "connection lost"
+    while seen is not None:  # MLflow raises its own exception while handling requests' (the chain's context)
+        if isinstance(seen, requests.exceptions.ConnectionError):
+            return "connection refused" if "refused" in str(seen) else "connection lost"
+        if isinstance(seen, requests.exceptions.RetryError):  # answered, but with errors (5xx) until retries ran out
+            return "server errors"
         seen = seen.__cause__ or seen.__context__
     return ""
 

@@ -22,12 +22,13 @@ import mlflow
 import pytest
 import pytorch_lightning as pl
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking import fluent as mlflow_fluent
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from pytorch_lightning.loggers import MLFlowLogger
 
-from pipeline import tracking
+from pipeline import lifecycle, tracking
 from pipeline.config import TrackingConfig
 from pipeline.server import free_port
 
@@ -106,6 +107,20 @@ def test_setup_fails_fast_with_the_fix_on_an_unreachable_server(monkeypatch: pyt
     message = str(err.value)
     assert uri in message
     assert "mlflow server" in message and "unset MLFLOW_TRACKING_URI" in message
+
+
+def test_a_refused_mlflow_request_is_told_from_other_failures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """MLflow's own client, giving up on a loopback port nobody listens on, is recognised as a lost server (by the
+    requests error in the exception chain); an error of the stage's own is not."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(MlflowException) as refused:
+        client.log_metric("0" * 32, "acc_20way", 0.5)
+    assert lifecycle.lost_server(refused.value) == "connection refused"
+    with pytest.raises(MlflowException) as other:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run("0" * 32)
+    assert lifecycle.lost_server(other.value) == ""
+    assert lifecycle.lost_server(ValueError("API request to nowhere: Connection refused")) == ""
 
 
 def test_check_reachable_times_out_on_a_server_that_never_answers() -> None:
