@@ -65,8 +65,8 @@ def run_experiment(ws: Path, name: str, settings: dict[str, Any], env: dict[str,
             raise SystemExit(f"{ws}: `dvc exp apply {name}` failed; its output is above")
         return results(ws)
     cmd = [DVC, "exp", "run", "-n", name]
-    for key, value in settings.items():  # as YAML spells it: None is null (DVC would read "None" as a string)
-        cmd += ["-S", f"{key}={'null' if value is None else str(value).lower() if isinstance(value, bool) else value}"]
+    for key, value in settings.items():  # as YAML spells it (null, true, [1, 2]): DVC would read "None" as a string
+        cmd += ["-S", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     print(f"== {' '.join(cmd[1:])}", flush=True)
     if subprocess.run(cmd, cwd=ws, env=env).returncode != 0:
         raise SystemExit(f"{ws}: experiment {name} ({', '.join(f'{k}={v}' for k, v in settings.items())}) failed; "

@@ -145,11 +145,12 @@ stages:
 """
 POINT = """\
 import json, os, yaml
-x = yaml.safe_load(open("params.yaml"))["x"]
+params = yaml.safe_load(open("params.yaml"))
+x = params["x"]
 os.makedirs("reports", exist_ok=True)
 os.makedirs("data/prepared", exist_ok=True)
 json.dump({"v": {"acc_20way": x / 10}}, open("reports/metrics.json", "w"))
-json.dump({"roles": {"source": {"classes": x}}}, open("data/prepared/manifest.json", "w"))
+json.dump({"roles": {"source": {"classes": x}}, "params": params}, open("data/prepared/manifest.json", "w"))
 """
 
 
@@ -161,7 +162,7 @@ def test_experiments_run_and_a_stopped_analysis_resumes(tmp_path: Path) -> None:
 
     ws = tmp_path / "ws"
     ws.mkdir()
-    (ws / "params.yaml").write_text("x: 1\n")
+    (ws / "params.yaml").write_text("x: 1\nnone: 1\nflag: false\nlist: [0]\n")
     (ws / "dvc.yaml").write_text(STAGE)
     (ws / "point.py").write_text(POINT)
     env = experiments.environment()
@@ -176,6 +177,8 @@ def test_experiments_run_and_a_stopped_analysis_resumes(tmp_path: Path) -> None:
     assert experiments.existing(ws, env) == {"point-2", "point-3"}
     again = experiments.run_experiment(ws, "point-2", {"x": 2}, env, reuse=True)  # the workspace held point-3
     assert again == first
+    typed = experiments.run_experiment(ws, "point-4", {"x": 4, "none": None, "flag": True, "list": [1, 2]}, env)
+    assert typed["manifest"]["params"] == {"x": 4, "none": None, "flag": True, "list": [1, 2]}, "as YAML types"
     with pytest.raises(SystemExit, match=r"experiment point-bad \(x=\[\]\) failed"):
         experiments.run_experiment(ws, "point-bad", {"x": "[]"}, env)  # x / 10 of a list: the stage fails
 
