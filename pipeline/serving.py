@@ -181,8 +181,9 @@ def promote(client: Any, name: str, version: str, score: float, key: str,
     """Point `name@champion` at `version` (scoring `score` on `key`) when it is at least as good as the champion.
 
     `score_champion(uri)` scores the present champion on the same episodes, or gives None when it cannot (it
-    reads images another way than this data): then the alias stays. Returns the decision, in words, which
-    is also the version's `champion_check` tag.
+    reads images another way than this data): then the alias stays. A champion that no longer loads (its
+    artifact folder was deleted: ValueError) defends nothing, and `version` takes the alias. Returns the
+    decision, in words, which is also the version's `champion_check` tag.
     """
     from mlflow.exceptions import MlflowException
 
@@ -195,8 +196,14 @@ def promote(client: Any, name: str, version: str, score: float, key: str,
     elif str(current.version) == str(version):
         promoted, decision = True, f"{key} {score:.4f}; already the champion"
     else:
-        theirs = score_champion(f"models:/{name}@{CHAMPION}")
-        if theirs is None:
+        try:
+            theirs, lost = score_champion(f"models:/{name}@{CHAMPION}"), ""
+        except ValueError as exc:
+            theirs, lost = None, str(exc)
+        if lost:
+            print(f"MLflow: champion v{current.version} of {name} does not load: {lost}", flush=True)
+            promoted, decision = True, f"{key} {score:.4f}; champion v{current.version} does not load: promoted"
+        elif theirs is None:
             promoted = False
             decision = (f"{key} {score:.4f}; champion v{current.version} reads images another way and cannot be "
                         "scored on these episodes: the alias stays")

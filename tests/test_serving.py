@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +130,10 @@ def test_champion_moves_only_to_a_model_at_least_as_good(store: str, tmp_path: P
     assert client.get_model_version("oneshot", "2").tags["champion_check"].endswith("the alias stays")
     # What `oneshot-gda --model models:/oneshot@champion` loads: version 3's weights.
     assert identity[inference.load_model("models:/oneshot@champion").identity] == "3"
+    # Version 3's files deleted (a workspace's mlruns/ removed under a store that outlives it): nothing defends
+    # the alias, and a worse model takes it rather than the stage failing.
+    gone = client.get_model_version_download_uri("oneshot", "3")
+    shutil.rmtree(gone.removeprefix("file://"))
+    assert serving.promote(client, "oneshot", "2", 0.10, "acc_20way", score_champion) \
+        == "acc_20way 0.1000; champion v3 does not load: promoted"
+    assert str(client.get_model_version_by_alias("oneshot", "champion").version) == "2"
