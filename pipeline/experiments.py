@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import tracking
 from pipeline.profile import make_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +93,7 @@ def log_analysis(env: dict[str, str], experiment: str, run_name: str, profile: s
     from mlflow.entities import Metric, Param
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    experiment_id = tracking.experiment_id(env["MLFLOW_TRACKING_URI"], experiment)
     run = client.create_run(experiment_id, run_name=run_name,
                             tags={"kind": "analysis", "profile": profile or "default"})
     run_id = run.info.run_id

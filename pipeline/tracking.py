@@ -30,6 +30,10 @@ class TrackingError(RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
+class ModelFilesMissing(ValueError):
+    """The store lists the model, but the files it was logged with are gone (its artifact folder was deleted)."""
+
+
 def project_root(start: Path | None = None) -> Path:
     """The user's repository root: `DVC_ROOT` when DVC runs the stage, else the folder holding dvc.yaml."""
     if os.environ.get("DVC_ROOT"):
@@ -86,9 +90,47 @@ def setup(cfg: TrackingConfig) -> str | None:
     for key, value in HTTP_RETRIES.items():
         os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.experiment)
+    mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.experiment))
     end_orphaned_runs(uri, cfg.experiment)
     return uri
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Where new experiments of a local SQLite store keep their artifacts: `mlruns/` beside the database.
+
+    MLflow's own default is `./mlruns` in whatever folder the experiment's first run starts in: a quick
+    profile's build/<profile>, or a temporary copy of `dvc exp run`, both deleted later under a store that
+    outlives them. Other stores (a server, which proxies its artifacts) decide for themselves: None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri.removeprefix("sqlite:///").partition("?")[0]
+    return None if database in ("", ":memory:") else Path(database).resolve().parent / "mlruns"
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment `name` in the store at `uri`, created when missing (with its artifacts at
+    `artifact_root(uri)/<name>` in a SQLite store). Safe against another process creating it meanwhile."""
+    import re
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    root = artifact_root(uri)
+    location = (root / re.sub(r"[^A-Za-z0-9._-]+", "-", name)).as_uri() if root else None
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        made = client.get_experiment_by_name(name)  # another process made it first
+        if made is None:
+            raise
+        return str(made.experiment_id)
 
 
 def process_id(pid: int | None = None) -> str:
@@ -225,7 +267,8 @@ def load_logged_model(uri: str, read_checkpoint: Callable[[Path], tuple[Any, dic
     A model the evaluate stage logged (`serving.log_model`: a pyfunc carrying the checkpoint) gives
     `read_checkpoint(<its model.safetensors>)` (network, extra); a PyTorch model (`mlflow.pytorch`) gives
     what was pickled. The store is `tracking_uri()`: MLFLOW_TRACKING_URI, else the project's mlflow.db.
-    A URI the store does not know, or a model of neither kind, is a ValueError naming it.
+    A URI the store does not know, or a model of neither kind, is a ValueError naming it; a model the store
+    lists whose files are gone is a `ModelFilesMissing` (a ValueError).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -238,6 +281,10 @@ def load_logged_model(uri: str, read_checkpoint: Callable[[Path], tuple[Any, dic
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=store,
                                                         registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or store)
+            if not (Path(local) / "MLmodel").is_file():  # a registered version whose run's files were deleted
+                raise ModelFilesMissing(
+                    f"{uri}: the MLflow store {store} lists this model, but its files are gone (was the artifact "
+                    "folder of its run deleted?); log it again with `stages/evaluate.py`")
             logged = Model.load(local)
             metadata = logged.metadata or {}
             checkpoint = Path(local) / "artifacts" / "model.safetensors"

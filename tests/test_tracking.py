@@ -251,6 +251,31 @@ def test_run_that_raises_ends_failed_in_the_default_store(store_root: Path, monk
     assert stored.data.metrics == {"acc": 0.5}  # what was logged before the failure is kept
 
 
+def test_artifacts_live_beside_the_sqlite_store_not_where_the_first_run_started(
+        store_root: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quick profile's build/<profile>, or a `dvc exp run` temporary copy, logs to a store that outlives it: the
+    experiment it creates keeps its artifacts in mlruns/ beside the store, so deleting the workspace loses none."""
+    workspace = tmp_path_factory.mktemp("workspace")  # elsewhere: the run starts here and logs to store_root's store
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store_root}/mlflow.db")
+    uri = tracking.setup(TrackingConfig(experiment="team/smoke run"))
+    with mlflow.start_run() as run:
+        mlflow.log_text("kept", "note.txt")
+    monkeypatch.chdir(store_root)
+    shutil.rmtree(workspace)
+    client = MlflowClient(uri)
+    location = client.get_experiment_by_name("team/smoke run").artifact_location
+    assert location == (store_root.resolve() / "mlruns" / "team-smoke-run").as_uri()
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/note.txt") == "kept"
+    # Found, not made again, by the next stage and by an analysis logging through its own client; an experiment
+    # made before (by MLflow itself, wherever it was) keeps its location.
+    assert tracking.experiment_id(uri, "team/smoke run") == run.info.experiment_id
+    older = client.create_experiment("older", artifact_location=(workspace / "old").as_uri())
+    assert tracking.experiment_id(uri, "older") == older
+    assert tracking.artifact_root("http://127.0.0.1:5000") is None
+    assert tracking.artifact_root("sqlite:///:memory:") is None
+
+
 def test_failing_variant_run_fails_itself_and_its_parent(store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluate stage's layout: a parent run per pipeline run, a nested run per variant."""
     monkeypatch.setenv("DVC_ROOT", str(store_root))
