@@ -181,11 +181,14 @@ def promote(client: Any, name: str, version: str, score: float, key: str,
     """Point `name@champion` at `version` (scoring `score` on `key`) when it is at least as good as the champion.
 
     `score_champion(uri)` scores the present champion on the same episodes, or gives None when it cannot (it
-    reads images another way than this data): then the alias stays. A champion that no longer loads (its
-    artifact folder was deleted: ValueError) defends nothing, and `version` takes the alias. Returns the
-    decision, in words, which is also the version's `champion_check` tag.
+    reads images another way than this data): then the alias stays. A champion whose files are gone (its
+    artifact folder was deleted: `tracking.ModelFilesMissing`) defends nothing, and `version` takes the alias;
+    any other failure to score it is raised, and the alias stays where it was. Returns the decision, in
+    words, which is also the version's `champion_check` tag.
     """
     from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import ModelFilesMissing
 
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -198,7 +201,7 @@ def promote(client: Any, name: str, version: str, score: float, key: str,
     else:
         try:
             theirs, lost = score_champion(f"models:/{name}@{CHAMPION}"), ""
-        except ValueError as exc:
+        except ModelFilesMissing as exc:
             theirs, lost = None, str(exc)
         if lost:
             print(f"MLflow: champion v{current.version} of {name} does not load: {lost}", flush=True)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from PIL import Image
 
-from pipeline import inference, serving
+from pipeline import inference, serving, tracking
 from tests.drawings import class_folders, write_model
 
 
@@ -29,6 +29,10 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
+    # set_experiment sets a module global and exports MLFLOW_EXPERIMENT_ID: both restored after the test
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     mlflow.set_experiment("serving-test")
     yield uri
     while mlflow.active_run() is not None:
@@ -132,8 +136,17 @@ def test_champion_moves_only_to_a_model_at_least_as_good(store: str, tmp_path: P
     assert identity[inference.load_model("models:/oneshot@champion").identity] == "3"
     # Version 3's files deleted (a workspace's mlruns/ removed under a store that outlives it): nothing defends
     # the alias, and a worse model takes it rather than the stage failing.
+    # Any other failure to score the champion is the stage's to report: the alias stays where it was.
+    def broken(uri: str) -> float | None:
+        raise ValueError("a scoring bug")
+
+    with pytest.raises(ValueError, match="a scoring bug"):
+        serving.promote(client, "oneshot", "2", 0.99, "acc_20way", broken)
+    assert str(client.get_model_version_by_alias("oneshot", "champion").version) == "3"
     gone = client.get_model_version_download_uri("oneshot", "3")
     shutil.rmtree(gone.removeprefix("file://"))
+    with pytest.raises(tracking.ModelFilesMissing, match=r"models:/oneshot@champion: .* its files are gone"):
+        inference.load_model("models:/oneshot@champion")
     assert serving.promote(client, "oneshot", "2", 0.10, "acc_20way", score_champion) \
         == "acc_20way 0.1000; champion v3 does not load: promoted"
     assert str(client.get_model_version_by_alias("oneshot", "champion").version) == "2"
