@@ -66,9 +66,10 @@ def _report(kind: type[BaseException], exc: BaseException, tb: TracebackType | N
             and not os.environ.get("PIPELINE_TRACEBACK")):
         print(f"error: {exc}", file=sys.stderr)
         return
-    if lost_server(exc) and not os.environ.get("PIPELINE_TRACEBACK"):
+    failure = lost_server(exc)
+    if failure and not os.environ.get("PIPELINE_TRACEBACK"):
         uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-        print(f"error: the MLflow tracking server {uri} stopped answering during this stage ({lost_server(exc)}). "
+        print(f"error: the MLflow tracking server {uri} stopped answering during this stage ({failure}). "
               "This stage saved nothing; the run it was logging stays RUNNING on the server until the next "
               "stage that tracks, or `python -m pipeline.lifecycle`, ends it KILLED. Bring the server back and "
               "rerun `dvc repro`", file=sys.stderr)

@@ -192,7 +192,7 @@ def test_an_analysis_is_one_mlflow_run_with_its_metrics_per_step_and_its_files(t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     table = tmp_path / "points.csv"
     table.write_text("n,gain\n2,0.05\n5,0.07\n")
-    before = mlflow.get_tracking_uri()
+    before, experiment_before = mlflow.get_tracking_uri(), mlflow.tracking.fluent._active_experiment_id
     run_id = experiments.log_analysis(
         {"MLFLOW_TRACKING_URI": uri}, "analyses", "a sweep", None, {"counts": "2 5"},
         [({"gain": 0.05, "gain_ci95": float("nan")}, 2), ({"gain": 0.07, "gain_ci95": 0.01}, 5)], [table])
@@ -207,4 +207,4 @@ def test_an_analysis_is_one_mlflow_run_with_its_metrics_per_step_and_its_files(t
     assert client.get_experiment(run.info.experiment_id).name == "analyses"
     # No global MLflow state left behind for the tests and callers after it.
     assert mlflow.get_tracking_uri() == before and mlflow.active_run() is None
-    assert mlflow.tracking.fluent._active_experiment_id is None
+    assert mlflow.tracking.fluent._active_experiment_id == experiment_before
