@@ -11,6 +11,7 @@ and killed `oneshot-gda enroll`, degenerate images, bad flags) are in tests/test
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -90,20 +91,37 @@ def restore_and_repro(ws: Path, env: dict[str, str], *repro: str) -> None:
     assert running_runs(ws) == []
 
 
-def stage_pid(pattern: str, timeout: float = 120) -> int:
-    """The pid of the stage's Python process whose command line contains `pattern`, once it runs (not the
-    `sh -c` that DVC may have put in between)."""
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (children, theirs, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # field 4, after the parenthesised command name (which may hold spaces): the parent's pid
+            parents.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    found, todo = [], [root]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def stage_pid(root: int, pattern: str, timeout: float = 120) -> int:
+    """The pid of the stage's Python process under `root` (the `dvc repro` the test started) whose command line
+    matches `pattern`, once it runs (not the `sh -c` that DVC may have put in between). Only that process tree
+    is searched: a matching stage of another DVC run on the machine is never the one a test kills."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-        for pid in found:
+        for pid in descendants(root):
             try:
-                if Path(f"/proc/{pid}/comm").read_text().startswith("python"):
-                    return int(pid)
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if re.search(pattern, command) and Path(f"/proc/{pid}/comm").read_text().startswith("python"):
+                    return pid
             except FileNotFoundError:
                 continue
         time.sleep(0.2)
-    raise AssertionError(f"no process matching {pattern!r} started within {timeout} s")
+    raise AssertionError(f"no process matching {pattern!r} started under pid {root} within {timeout} s")
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -206,7 +224,7 @@ def test_kill_9_of_a_training_stage_loses_nothing_and_the_next_repro_cleans_up(
     set_param(ws, "siamese.max_steps", 20000)  # long enough to be killed mid-training
     repro = subprocess.Popen([str(BIN / "dvc"), "repro", "train_classifier@classic"], cwd=ws, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = stage_pid("stages.train_classifier --variant classic .*--out models/classifiers/classic")
+    pid = stage_pid(repro.pid, "stages.train_classifier --variant classic .*--out models/classifiers/classic")
     wait_for(lambda: any((ws / "models" / "classifiers").glob(".classic.*.tmp")), 60, "the training's temporary")
     time.sleep(2)
     os.kill(pid, signal.SIGKILL)
@@ -225,7 +243,7 @@ def test_sigterm_to_dvc_repro_ends_the_training_child_too(workspace: tuple[Path,
     set_param(ws, "siamese.max_steps", 20000)
     repro = subprocess.Popen([str(BIN / "dvc"), "repro", "train_classifier@classic"], cwd=ws, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = stage_pid("stages.train_classifier --variant classic .*--out models/classifiers/classic")
+    pid = stage_pid(repro.pid, "stages.train_classifier --variant classic .*--out models/classifiers/classic")
     wait_for(lambda: any((ws / "models" / "classifiers").glob(".classic.*.tmp")), 60, "the training's temporary")
     time.sleep(2)
     repro.send_signal(signal.SIGTERM)
@@ -245,7 +263,7 @@ def test_a_killed_evaluate_keeps_the_last_metrics(workspace: tuple[Path, dict[st
     before = snapshot(ws)
     repro = subprocess.Popen([str(BIN / "dvc"), "repro", "-f", "-s", "evaluate"], cwd=ws, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = stage_pid("stages.evaluate --data")
+    pid = stage_pid(repro.pid, "stages.evaluate --data")
     # From the pictures on, through the MLflow logging, its outputs are staged in a temporary folder in reports/.
     wait_for(lambda: any((ws / "reports").glob(".*.tmp")) or repro.poll() is not None, 120,
              "evaluate writing its outputs aside")
@@ -287,7 +305,7 @@ def test_two_dvc_repro_at_once_the_second_stops_on_dvcs_lock(workspace: tuple[Pa
     first = subprocess.Popen([str(BIN / "dvc"), "repro", "train_classifier@classic"], cwd=ws, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pid = stage_pid("stages.train_classifier --variant classic .*--out models/classifiers/classic")
+        pid = stage_pid(first.pid, "stages.train_classifier --variant classic .*--out models/classifiers/classic")
         second = dvc(ws, env, "repro", "train_classifier@classic")
         assert alive(pid), "the first finished before the second reached the stage: the test proves nothing"
         assert second.returncode != 0 and "is busy, it is being blocked by" in second.stderr, second.stderr[-1500:]
