@@ -200,20 +200,19 @@ def promote(client: Any, name: str, version: str, score: float, key: str,
         promoted, decision = True, f"{key} {score:.4f}; already the champion"
     else:
         try:
-            theirs, lost = score_champion(f"models:/{name}@{CHAMPION}"), ""
+            theirs = score_champion(f"models:/{name}@{CHAMPION}")
         except ModelFilesMissing as exc:
-            theirs, lost = None, str(exc)
-        if lost:
-            print(f"MLflow: champion v{current.version} of {name} does not load: {lost}", flush=True)
+            print(f"MLflow: champion v{current.version} of {name} does not load: {exc}", flush=True)
             promoted, decision = True, f"{key} {score:.4f}; champion v{current.version} does not load: promoted"
-        elif theirs is None:
-            promoted = False
-            decision = (f"{key} {score:.4f}; champion v{current.version} reads images another way and cannot be "
-                        "scored on these episodes: the alias stays")
         else:
-            promoted = score >= theirs
-            decision = (f"{key} {score:.4f} against champion v{current.version}'s {theirs:.4f} on the same "
-                        f"episodes: {'promoted' if promoted else 'the alias stays'}")
+            if theirs is None:
+                promoted = False
+                decision = (f"{key} {score:.4f}; champion v{current.version} reads images another way and cannot "
+                            "be scored on these episodes: the alias stays")
+            else:
+                promoted = score >= theirs
+                decision = (f"{key} {score:.4f} against champion v{current.version}'s {theirs:.4f} on the same "
+                            f"episodes: {'promoted' if promoted else 'the alias stays'}")
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "champion_check", decision)
