@@ -39,8 +39,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import embed_all
-from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig, classic_transform

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pipeline.classifiers.network import SiameseNet
 from pipeline.generators import gan
 from pipeline.generators.blocks import multiscale_error
+from pipeline.generators.module import GANModule
 from pipeline.generators.vae import VAEConfig, build
 
 
@@ -70,7 +71,7 @@ def main() -> None:
     cases = {
         "siamese (batch 128)": (lambda: SiameseNet(size, in_channels=channels), siamese_step, 128),
         "vae (64 pairs)": (lambda: build(VAEConfig(), size, channels), vae_step, 128),
-        "gan (64 pairs)": (lambda: gan.GANModule(gan.build(gan.GANConfig(), size, channels), gan.GANConfig()),
+        "gan (64 pairs)": (lambda: GANModule(gan.build(gan.GANConfig(), size, channels), gan.GANConfig()),
                            gan_step, 128),
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; images {channels} x {size} x {size}")

@@ -18,9 +18,10 @@ import time
 import numpy as np
 import torch
 
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import embed_all
-from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import load_siamese
+from pipeline.classifiers.training import fit_generator_variant
 from pipeline.config import TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig
 from pipeline.data.episodes import mean_ci95
@@ -31,7 +32,6 @@ from pipeline.evaluation import EvaluationConfig, build_episodes, per_episode_ac
 from pipeline.generators import load_generator
 from pipeline.generators.synthesis import SweepConfig, SynthesisConfig, synthesize_from_exemplars
 from pipeline.training import configure_torch
-from pipeline.variants import fit_generator_variant
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from pipeline.classifiers.module import SiameseConfig, SiameseModule
+from pipeline.classifiers.config import SiameseConfig
+from pipeline.classifiers.module import SiameseModule
 from pipeline.classifiers.network import SiameseNet
 from pipeline.classifiers.training import fit_siamese
 from pipeline.config import TrainerConfig, load_params, section

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import embed_all
-from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import load_siamese
+from pipeline.classifiers.training import fit_generator_variant
 from pipeline.config import TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig
 from pipeline.data.episodes import mean_ci95
@@ -35,7 +36,6 @@ from pipeline.generators import load_generator
 from pipeline.generators.synthesis import SweepConfig, SynthesisConfig, sample_grid, synthesize
 from pipeline.io import atomic_path, write_json
 from pipeline.training import configure_torch
-from pipeline.variants import fit_generator_variant
 
 
 def main() -> None:

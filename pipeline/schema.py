@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.config import ParamsError, TrackingConfig, TrainerConfig, _check, section
 from pipeline.data.augment import ClassicAugmentConfig
 from pipeline.data.prepare import DataConfig, resolve
 from pipeline.evaluation import EvaluationConfig
 from pipeline.gate import GateConfig
-from pipeline.generators import GENERATORS
+from pipeline.generators import CONFIGS
 from pipeline.generators.synthesis import SweepConfig, SynthesisConfig
 from pipeline.variants import VariantConfig
 
@@ -58,12 +58,12 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
            "a mapping with `enabled` (a list of generator names) and a section per generator")
     enabled = generator["enabled"]
     _check(isinstance(enabled, list) and len(set(map(str, enabled))) == len(enabled)
-           and set(enabled) <= set(GENERATORS) and len(enabled) > 0, "generator.enabled", enabled,
-           f"a non-empty list of distinct generator names among {', '.join(GENERATORS)}")
+           and set(enabled) <= set(CONFIGS) and len(enabled) > 0, "generator.enabled", enabled,
+           f"a non-empty list of distinct generator names among {', '.join(CONFIGS)}")
     for name in sorted(set(generator) - {"enabled"}):
-        _check(name in GENERATORS, f"generator.{name}", "...", f"a section of a generator among "
-               f"{', '.join(GENERATORS)}")
-        checked[f"generator.{name}"] = section(params, GENERATORS[name].config, f"generator.{name}")
+        _check(name in CONFIGS, f"generator.{name}", "...", f"a section of a generator among "
+               f"{', '.join(CONFIGS)}")
+        checked[f"generator.{name}"] = section(params, CONFIGS[name], f"generator.{name}")
     for name in enabled:
         if name not in generator:
             raise ParamsError(f"params.yaml: `generator.enabled` lists {name!r} but there is no section "

@@ -26,11 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.classifiers.module import SiameseConfig
-from pipeline.classifiers.network import SiameseNet
-from pipeline.classifiers.training import fit_siamese
-from pipeline.config import TrainerConfig, _check, from_dict
-from pipeline.data.augment import ClassicAugmentConfig, classic_transform
+from pipeline.classifiers.config import SiameseConfig
+from pipeline.config import _check, from_dict
 from pipeline.data.fewshot import FewShotSet
 from pipeline.data.synthetic import SyntheticSet
 
@@ -145,15 +142,3 @@ def source_pools(dataset: FewShotSet) -> list[np.ndarray]:
     """Every real image of each source class, one pool per class: the reference embedding's data."""
     none = SyntheticSet(images=dataset.images[:0], labels=dataset.labels[:0], generator="none")
     return training_pools(dataset, VariantConfig(train_on=("source",)), none)
-
-
-def fit_generator_variant(dataset: FewShotSet, synthetic: SyntheticSet, n_synthetic: int, cfg: SiameseConfig,
-                          trainer_cfg: TrainerConfig, augment: ClassicAugmentConfig,
-                          with_source: bool = False) -> SiameseNet:
-    """A generator variant's classifier without logging: each exemplar plus its first `n_synthetic`
-    synthetic drawings (and the source classes when `with_source`), classic transforms on top,
-    every other setting as the variants'. What the sweep and benchmarks train for each of their points."""
-    kinds = ("exemplars", "synthetic") + (("source",) if with_source else ())
-    variant = VariantConfig(train_on=kinds, synthetic=synthetic.generator)
-    pools = training_pools(dataset, variant, synthetic, n_synthetic=n_synthetic)
-    return fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import embed_all
-from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import SiameseNet, load_siamese
+from pipeline.classifiers.training import fit_generator_variant
 from pipeline.config import TrainerConfig, load_params, section
 from pipeline.data.augment import ClassicAugmentConfig
 from pipeline.data.episodes import mean_ci95
@@ -29,7 +30,6 @@ from pipeline.generators.synthesis import SweepConfig
 from pipeline.io import atomic_path
 from pipeline.lifecycle import guard_stage
 from pipeline.training import configure_torch
-from pipeline.variants import fit_generator_variant
 
 
 def reusable(ckpt: dict, generator: str, cfg: SiameseConfig, augment: ClassicAugmentConfig) -> int | None:

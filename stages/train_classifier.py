@@ -11,7 +11,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tracking
 from pipeline.checkpoints import FILENAME
-from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.network import save_siamese
 from pipeline.classifiers.training import calibrate_on_held_out, calibration_classes, fit_siamese, seen_validation
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section

@@ -23,7 +23,7 @@ def main() -> None:
     guard_stage()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--name", required=True, help="generator family, a key of pipeline.generators.GENERATORS")
+    ap.add_argument("--name", required=True, help="generator family, a key of pipeline.generators.CONFIGS")
     ap.add_argument("--data", required=True, help="prepared dataset.npz")
     ap.add_argument("--out", required=True, help="output folder: model.safetensors, metrics.csv, samples_source.png")
     args = ap.parse_args()

@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tracking
 from pipeline.checkpoints import FILENAME
-from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.network import save_siamese
 from pipeline.classifiers.training import fit_siamese
 from pipeline.config import TrackingConfig, TrainerConfig, load_params, section

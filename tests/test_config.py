@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from pipeline.classifiers.module import SiameseConfig
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.config import (
     ParamsError,
     TrainerConfig,

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.checkpoints import FILENAME
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import SiameseClassifier, class_prototypes, embed_all, episode_scores
-from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
 from pipeline.config import ParamsError, from_dict
 from pipeline.data.augment import ClassicAugmentConfig

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,13 @@ def test_prepare_reads_every_data_key_but_the_download_source() -> None:
 
     prepare = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["prepare"]
     assert prepare["params"] == [f"data.{f.name}" for f in dataclasses.fields(DataConfig) if f.name != "download"]
+
+
+@pytest.mark.parametrize("stage", ["check_params", "synthesize", "evaluate", "prepare", "gate"])
+def test_stages_that_do_not_train_load_no_lightning(stage: str) -> None:
+    """Only the training stages pay for Lightning's import (about 5 s a process on 2 cores): checking params,
+    drawing from a trained generator and scoring episodes start without it."""
+    code = (f"import sys; import stages.{stage}; "
+            "assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

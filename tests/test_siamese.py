@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.checkpoints import FILENAME, CheckpointError, save_checkpoint
+from pipeline.classifiers.config import LOSSES, SiameseConfig
 from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
-from pipeline.classifiers.module import LOSSES, SiameseConfig, SiameseModule, pick_negatives
+from pipeline.classifiers.module import SiameseModule, pick_negatives
 from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
 from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import ParamsError, TrainerConfig, from_dict

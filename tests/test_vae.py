@@ -17,11 +17,12 @@ from pipeline.classifiers.network import SiameseNet, save_siamese
 from pipeline.config import ParamsError, TrainerConfig, from_dict
 from pipeline.data.batches import SameClassPairs
 from pipeline.data.fewshot import FewShotSet
-from pipeline.generators import GENERATORS, get_family, load_generator, save_generator
+from pipeline.generators import CONFIGS, get_family, load_generator, save_generator
 from pipeline.generators.blocks import multiscale_error
+from pipeline.generators.module import MODULES, VAEModule
 from pipeline.generators.synthesis import sample_grid, synthesize_from_exemplars
 from pipeline.generators.training import fit_generator
-from pipeline.generators.vae import ExemplarVAE, VAEConfig, VAEModule, build
+from pipeline.generators.vae import ExemplarVAE, VAEConfig, build
 from pipeline.training import TrainingDiverged
 from tests.drawings import blobs
 
@@ -148,9 +149,14 @@ def test_unknown_family_lists_the_available_ones() -> None:
         get_family("nope")
 
 
+def test_every_generator_family_has_a_training_procedure() -> None:
+    assert set(MODULES) == set(CONFIGS)
+    assert all(issubclass(m, pl.LightningModule) for m in MODULES.values())
+
+
 def test_vae_family_builds_its_model() -> None:
     family = get_family("vae")
-    assert family is GENERATORS["vae"]
+    assert family is get_family("vae")  # built once
     model = family.build(VAEConfig(latent_dim=3, widths=(8, 16)), 16)
     assert isinstance(model, family.model)
     assert model.config == {"image_size": 16, "latent_dim": 3, "widths": (8, 16), "max_displacement": 0.35,

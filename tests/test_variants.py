@@ -202,7 +202,7 @@ def test_config_rejects_unknown_keys() -> None:
 
 
 def test_a_variant_changes_the_siamese_params_for_itself_alone() -> None:
-    from pipeline.classifiers.module import SiameseConfig
+    from pipeline.classifiers.config import SiameseConfig
 
     base = from_dict(SiameseConfig, {"max_steps": 1500, "loss": "contrastive"}, "siamese")
     shipped = from_dict(VariantConfig, {"train_on": ["exemplars", "source"],
@@ -214,7 +214,7 @@ def test_a_variant_changes_the_siamese_params_for_itself_alone() -> None:
 
 
 def test_a_variant_siamese_change_is_checked_naming_its_key() -> None:
-    from pipeline.classifiers.module import SiameseConfig
+    from pipeline.classifiers.config import SiameseConfig
 
     with pytest.raises(ParamsError, match=r"unknown key `variants\.best\.siamese\.max_step`.*max_steps"):
         from_dict(VariantConfig, {"siamese": {"max_step": 10}}, "variants.best")

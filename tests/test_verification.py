@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import embed_all
-from pipeline.classifiers.module import SiameseConfig
 from pipeline.classifiers.network import SiameseNet
 from pipeline.classifiers.training import calibrate_on_held_out, calibrate_verification, calibration_classes
 from pipeline.classifiers.verification import calibrate_threshold, error_rates, parse_target, sample_pairs

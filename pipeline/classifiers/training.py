@@ -9,18 +9,21 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from pipeline.classifiers.config import SiameseConfig
 from pipeline.classifiers.fewshot import embed_all
-from pipeline.classifiers.module import SiameseConfig, SiameseModule
+from pipeline.classifiers.module import SiameseModule
 from pipeline.classifiers.network import SiameseNet
 from pipeline.classifiers.verification import Calibration, Pairs, calibrate_threshold, sample_pairs
 from pipeline.config import TrainerConfig
-from pipeline.data.augment import BatchAffine
+from pipeline.data.augment import BatchAffine, ClassicAugmentConfig, classic_transform
 from pipeline.data.batches import PairBatches
 from pipeline.data.episodes import sample_episodes
 from pipeline.data.fewshot import DataError, FewShotSet
 from pipeline.data.images import to_tensor
+from pipeline.data.synthetic import SyntheticSet
 from pipeline.hardware import resolve_precision
 from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
+from pipeline.variants import VariantConfig, training_pools
 
 
 def seen_validation(dataset: FewShotSet, seed: int, n_way: int = 20, n_episodes: int = 200) -> dict[str, Any]:
@@ -112,3 +115,15 @@ def calibrate_on_held_out(net: SiameseNet, dataset: FewShotSet, cfg: SiameseConf
     classes = calibration_classes(dataset)
     pairs = sample_pairs(dataset.labels, classes, cfg.verify_pairs, np.random.default_rng(cfg.seed))
     return calibrate_verification(net, dataset.images, pairs, cfg.verify_target)
+
+
+def fit_generator_variant(dataset: FewShotSet, synthetic: SyntheticSet, n_synthetic: int, cfg: SiameseConfig,
+                          trainer_cfg: TrainerConfig, augment: ClassicAugmentConfig,
+                          with_source: bool = False) -> SiameseNet:
+    """A generator variant's classifier without logging: each exemplar plus its first `n_synthetic`
+    synthetic drawings (and the source classes when `with_source`), classic transforms on top,
+    every other setting as the variants'. What the sweep and benchmarks train for each of their points."""
+    kinds = ("exemplars", "synthetic") + (("source",) if with_source else ())
+    variant = VariantConfig(train_on=kinds, synthetic=synthetic.generator)
+    pools = training_pools(dataset, variant, synthetic, n_synthetic=n_synthetic)
+    return fit_siamese(pools, cfg, trainer_cfg, [], transform=classic_transform(augment, cfg.seed))

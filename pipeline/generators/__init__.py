@@ -1,38 +1,47 @@
-"""Generator registry: one module per family, one entry here, one params section `generator.<name>`."""
+"""Generator registry: one params section `generator.<name>` per family, and one entry per family in each of
+`CONFIGS` (its params class, plain Python), `get_family` (its network and `build`: the module
+`pipeline.generators.<name>`, torch and diffusers, no Lightning) and `pipeline.generators.module.MODULES`
+(its training procedure, a LightningModule).
+
+The networks are imported by `get_family`, not with this package: torch and diffusers take about 3 s a
+process on 2 cores, which checking params does without, and drawing from a trained generator loads no
+Lightning.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
-from typing import Any
-
-import pytorch_lightning as pl
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from pipeline.checkpoints import FILENAME, CheckpointError, load_weights, read_checkpoint, save_checkpoint
-from pipeline.generators import gan, vae
+from pipeline.generators.config import GANConfig, VAEConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 KIND = "generator"
+
+# Family name -> its params class, validated from params `generator.<name>`.
+CONFIGS: dict[str, type] = {"vae": VAEConfig, "gan": GANConfig}
 
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorFamily:
     config: type  # frozen dataclass validated from params `generator.<name>`
     model: type[nn.Module]  # rebuilt from the checkpoint's constructor config
-    module: type[pl.LightningModule]  # the training procedure
     build: Any  # (config, image_size, channels) -> model
 
 
-GENERATORS: dict[str, GeneratorFamily] = {
-    "vae": GeneratorFamily(vae.VAEConfig, vae.ExemplarVAE, vae.VAEModule, vae.build),
-    "gan": GeneratorFamily(gan.GANConfig, gan.DAGANGenerator, gan.GANModule, gan.build),
-}
-
-
+@functools.cache
 def get_family(name: str) -> GeneratorFamily:
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; available: {', '.join(sorted(GENERATORS))}")
-    return GENERATORS[name]
+    if name not in CONFIGS:
+        raise ValueError(f"unknown generator {name!r}; available: {', '.join(sorted(CONFIGS))}")
+    from pipeline.generators import gan, vae  # the networks: torch and diffusers, imported where one is built
+
+    networks = {"vae": (vae.ExemplarVAE, vae.build), "gan": (gan.DAGANGenerator, gan.build)}
+    return GeneratorFamily(CONFIGS[name], *networks[name])
 
 
 def save_generator(name: str, model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> None:

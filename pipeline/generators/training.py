@@ -15,6 +15,7 @@ from pipeline.config import TrainerConfig
 from pipeline.data.batches import SameClassPairs
 from pipeline.data.fewshot import FewShotSet
 from pipeline.generators import get_family
+from pipeline.generators.module import MODULES
 from pipeline.generators.synthesis import synthesize_from_exemplars
 from pipeline.hardware import resolve_precision
 from pipeline.training import FiniteLosses, build_trainer, export_model, prepare_model
@@ -48,7 +49,7 @@ def fit_generator(dataset: FewShotSet, name: str, cfg: Any, trainer_cfg: Trainer
     except ValueError as exc:  # a size the network's levels cannot halve: name both keys that set it
         raise ValueError(f"generator.{name} cannot take the data's {dataset.image_size} px images ({exc}); "
                          f"change generator.{name}.widths or data.image_size") from exc
-    module = family.module(model, cfg)
+    module = MODULES[name](model, cfg)
     try:
         pairs = SameClassPairs(dataset.images[source], dataset.labels[source], cfg.batch_size, cfg.seed,
                                targets=getattr(cfg, "real_targets", 1))

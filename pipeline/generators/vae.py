@@ -9,48 +9,18 @@ copies it (posterior collapse: blurred copies, no diversity), or lets z carry th
 identity, so that prior samples z ~ N(0, I) drift into other characters. Moving the exemplar's
 own strokes keeps the identity by construction; z only has room for the drawer's variation
 (proportions, slant, stroke placement), learned from real pairs of the source classes.
+
+The network only; its training procedure is `module.VAEModule`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import _check, check_precision, positive
-from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid, multiscale_error
-
-
-@dataclasses.dataclass(frozen=True)
-class VAEConfig:
-    latent_dim: int = 16
-    widths: tuple[int, ...] = (16, 32, 64)  # encoder channels per resolution: S, S/2, S/4 (28, 14, 7)
-    max_displacement: float = 0.35  # largest stroke shift, as a fraction of half the image side
-    beta: float = 1.0  # weight of the KL term
-    scales: tuple[int, ...] = (1, 2, 4)  # the reconstruction is compared at these pooling factors
-    batch_size: int = 64
-    lr: float = 1e-3
-    max_steps: int = 3000
-    seed: int = 0
-    # Overrides of params `trainer` for this model: on CPU its GroupNorm and grid_sample run
-    # fastest in fp32 with the default memory layout (benchmarks/precision.py).
-    precision: str | None = "32-true"
-    channels_last: bool | None = False
-
-    def validate(self, key: str) -> None:
-        positive(key, latent_dim=self.latent_dim, max_displacement=self.max_displacement, batch_size=self.batch_size,
-                 lr=self.lr, max_steps=self.max_steps)
-        _check(self.beta >= 0, f"{key}.beta", self.beta, "a number >= 0")
-        if self.precision is not None:
-            check_precision(self.precision, f"{key}.precision")
-        _check(len(self.widths) >= 2 and all(w > 0 for w in self.widths), f"{key}.widths", self.widths,
-               "at least two positive channel counts")
-        _check(all(s >= 1 for s in self.scales) and len(self.scales) > 0, f"{key}.scales", self.scales,
-               "a non-empty list of pooling factors >= 1")
+from pipeline.generators.blocks import FiLMResnet, conv_encoder, identity_grid
+from pipeline.generators.config import VAEConfig
 
 
 class ExemplarVAE(nn.Module):
@@ -105,34 +75,6 @@ class ExemplarVAE(nn.Module):
         z = torch.randn(b * n, self.latent_dim, generator=generator, device=exemplars.device) * temperature
         repeated = exemplars.repeat_interleave(n, dim=0)
         return self.decode(repeated, z).view(b, n, self.channels, self.image_size, self.image_size)
-
-
-class VAEModule(pl.LightningModule):
-    """Trains `ExemplarVAE` on same-class pairs: reconstruction of x_b plus beta * KL(q || N(0, I))."""
-
-    def __init__(self, model: ExemplarVAE, cfg: VAEConfig):
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-        self.save_hyperparameters({"generator": {"vae": dataclasses.asdict(cfg)}, "model": model.config})
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        exemplar, targets = batch  # [B, C, S, S], [B, 1, C, S, S]
-        target = targets[:, 0]
-        recon, mean, logvar = self.model(exemplar, target)
-        rec = multiscale_error(recon, target.float(), self.cfg.scales)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1).mean()
-        loss = rec + self.cfg.beta * kl
-        copy = multiscale_error(exemplar.float(), target.float(), self.cfg.scales)
-        self.log_dict({"train/loss": loss, "train/reconstruction": rec, "train/kl": kl,
-                       "train/reconstruction_vs_copy": rec / copy.clamp_min(1e-6)}, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=self.cfg.max_steps,
-                                                    pct_start=0.05)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def build(cfg: VAEConfig, image_size: int, channels: int = 1) -> ExemplarVAE:
