@@ -18,7 +18,7 @@ from pipeline.checkpoints import FILENAME, CheckpointError, save_checkpoint
 from pipeline.classifiers.config import LOSSES, SiameseConfig
 from pipeline.classifiers.fewshot import SiameseClassifier, embed_all
 from pipeline.classifiers.module import SiameseModule, pick_negatives
-from pipeline.classifiers.network import SiameseNet, load_siamese, save_siamese
+from pipeline.classifiers.network import SiameseNet, folded, load_siamese, save_siamese
 from pipeline.classifiers.training import fit_siamese, with_rotated_classes
 from pipeline.config import ParamsError, TrainerConfig, from_dict
 from pipeline.data.augment import BatchAffine, ClassicAugmentConfig, classic_transform, warp_affine
@@ -26,6 +26,7 @@ from pipeline.data.batches import PairBatches, SameClassPairs, apply_transform
 from pipeline.data.images import to_tensor
 from pipeline.generators import save_generator
 from pipeline.generators.vae import ExemplarVAE
+from pipeline.hardware import bf16_is_fast
 from pipeline.training import TrainingDiverged
 
 SIZE = 28
@@ -696,3 +697,24 @@ def test_hard_mining_picks_the_hardest_negative_at_bf16_resolution_in_either_pre
     torch.testing.assert_close(sim, before, rtol=0, atol=0)
     random = pick_negatives(sim, "random", torch.Generator().manual_seed(0))
     assert (random != torch.arange(4)).all()
+
+
+def test_the_folded_copy_embeds_as_the_network_and_leaves_it_as_it_was() -> None:
+    """`embed_all` embeds through `folded`: BatchNorm folded into the convolutions, same embeddings within rounding."""
+    torch.manual_seed(0)
+    net = SiameseNet(SIZE, channels=8, embedding_dim=16)
+    for m in net.modules():  # statistics and affine parameters a trained network has, not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = random_images(32, seed=3)
+    copy = folded(net.train())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules()) and not copy.training
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with torch.no_grad():
+        expected = net.eval().embed(x)
+        assert torch.allclose(copy.embed(x), expected, atol=1e-5)
+    assert torch.allclose(embed_all(net, x).float(), expected, atol=1e-5 if not bf16_is_fast(x.device) else 2e-2)
