@@ -152,6 +152,7 @@ def test_unknown_family_lists_the_available_ones() -> None:
 def test_every_generator_family_has_a_training_procedure() -> None:
     assert set(MODULES) == set(CONFIGS)
     assert all(issubclass(m, pl.LightningModule) for m in MODULES.values())
+    assert all(get_family(name).config is config for name, config in CONFIGS.items())  # a network for each
 
 
 def test_vae_family_builds_its_model() -> None:

@@ -81,7 +81,7 @@ def folded(net: SiameseNet) -> SiameseNet:
     float rounding (1e-7 in fp32). It saves a pass over every block's activations, and one that ran slow at
     times: on 2 CPU cores in fp32 the eval-mode BatchNorm pass of a trained network at times halved the
     embedding rate (2,000-2,900 against 4,400-6,300 images/s folded; with flush-to-zero it did not, so
-    subnormal floats), and the smoke profile's `evaluate` stage took 105-111 s unfolded against 52-63 s
+    subnormal floats), and the smoke profile's `evaluate` stage took 65-111 s unfolded against 52-63 s
     folded (`python benchmarks/embed.py --model ... --data ...` prints both rates). `net` is left as it is.
     """
     out = copy.deepcopy(net).eval()
